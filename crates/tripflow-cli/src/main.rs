@@ -1,0 +1,257 @@
+//! `tripflow`: the whole pipeline on one machine. The zones live in a local folder (`--data-dir`),
+//! the trips land in PostgreSQL (`--database-url`, or a private cluster it starts under the data
+//! folder). Calls the same stage functions as the Lambdas.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tripflow::config::{ENV_DATABASE_URL, PipelineConfig};
+use tripflow::db::{self, Answers, local::LocalPostgres};
+use tripflow::generator::{GenSpec, write_month};
+use tripflow::period::Period;
+use tripflow::pipeline::{RunSummary, run_all};
+use tripflow::stages::StageContext;
+use tripflow::stages::ingest::IngestInput;
+use tripflow::storage::LocalStore;
+use tripflow::{Error, Result};
+
+mod report;
+
+#[derive(Parser)]
+#[command(name = "tripflow", version, about = "ETL for the NYC TLC yellow-taxi trip records: ingest, clean, transform, load.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run all four stages on one file and print the run summary and the two answers.
+    Run(RunArgs),
+    /// Generate a synthetic month into the landing zone and run the pipeline on it.
+    Demo(DemoArgs),
+    /// Print the two answers for months already loaded.
+    Query(QueryArgs),
+    /// Generate a synthetic month of trips with the official schema and realistic defects.
+    Gen(GenArgs),
+    /// Manage the private PostgreSQL cluster `tripflow` starts when no database URL is given.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+        #[command(flatten)]
+        place: Place,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Place {
+    /// Folder holding the zones (landing/, raw/, clean/, quarantine/, curated/, reports/).
+    #[arg(long, global = true, default_value = "tripflow-data", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// PostgreSQL URL. Without it, a private cluster under DIR/.postgres is started and reused.
+    #[arg(long, global = true, env = ENV_DATABASE_URL, value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The source file: a local path or an https:// URL. Month and dataset come from its name
+    /// (yellow_tripdata_YYYY-MM.parquet) unless --month is given.
+    source: String,
+    /// The month the file holds (YYYY-MM).
+    #[arg(long, value_name = "YYYY-MM")]
+    month: Option<Period>,
+    /// Expected MD5 (hex). Without it, a SOURCE.md5 sidecar is used when present.
+    #[arg(long, value_name = "HEX")]
+    md5: Option<String>,
+    /// Share of rows clean may reject before the run fails with TooManyRejectedRows.
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    max_rejected_ratio: Option<f64>,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    place: Place,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// The month to generate.
+    #[arg(long, default_value = "2021-03", value_name = "YYYY-MM")]
+    month: Period,
+    /// Rows to generate (the real March 2021 file has about 1.9 M).
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    place: Place,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// The month to answer for; default: every loaded month.
+    #[arg(long, value_name = "YYYY-MM")]
+    month: Option<Period>,
+    #[arg(long, default_value = "yellow")]
+    dataset: String,
+    /// Print the answers as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    place: Place,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Output Parquet file; name it yellow_tripdata_YYYY-MM.parquet so `run` can tell its month.
+    out: PathBuf,
+    #[arg(long, value_name = "YYYY-MM")]
+    month: Period,
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Start the private cluster if needed and print its URL.
+    Url,
+    /// Stop the private cluster (its data stays for the next run).
+    Stop,
+}
+
+fn parse_ratio(raw: &str) -> std::result::Result<f64, String> {
+    tripflow::config::parse_ratio(raw).ok_or_else(|| format!("{raw:?} is not a number from 0 to 1"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tripflow=info,warn".into()),
+        )
+        .with_target(false)
+        .init();
+    match execute(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}: {err}", err.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<()> {
+    match command {
+        Command::Run(args) => {
+            let mut config = PipelineConfig::from_env()?;
+            if let Some(ratio) = args.max_rejected_ratio {
+                config.max_rejected_ratio = ratio;
+            }
+            let input = IngestInput { source: args.source, expected_md5: args.md5, period: args.month };
+            let summary = run(&args.place, config, input).await?;
+            print_summary(&summary, args.json)
+        }
+        Command::Demo(args) => {
+            let store = LocalStore::open(&args.place.data_dir)?;
+            let file = store.path_of(&format!("landing/yellow_tripdata_{}.parquet", args.month))?;
+            let generated = write_month(&file, GenSpec { period: args.month, rows: args.rows, seed: args.seed })?;
+            tracing::info!(path = %file.display(), rows = generated.rows, size_bytes = generated.size_bytes, "generated a synthetic month");
+            let input = IngestInput { source: file.display().to_string(), expected_md5: None, period: Some(args.month) };
+            let summary = run(&args.place, PipelineConfig::from_env()?, input).await?;
+            print_summary(&summary, args.json)
+        }
+        Command::Query(args) => {
+            let client = database(&args.place).await?;
+            let sources = match args.month {
+                Some(month) => vec![format!("{}/{month}", args.dataset)],
+                None => db::loaded_sources(&client).await?,
+            };
+            if sources.is_empty() {
+                return Err(Error::InvalidInput("nothing loaded yet: run `tripflow run` or `tripflow demo` first".into()));
+            }
+            let mut all: Vec<(String, Answers)> = Vec::new();
+            for source_id in sources {
+                let answers = db::answers(&client, &source_id).await?;
+                all.push((source_id, answers));
+            }
+            if args.json {
+                let object: serde_json::Map<String, serde_json::Value> = all
+                    .into_iter()
+                    .map(|(s, a)| (s, serde_json::to_value(a).unwrap_or_default()))
+                    .collect();
+                println!("{}", serde_json::Value::Object(object));
+            } else {
+                for (source_id, answers) in &all {
+                    print!("{}", report::answers_text(source_id, answers));
+                }
+            }
+            Ok(())
+        }
+        Command::Gen(args) => {
+            let summary = write_month(&args.out, GenSpec { period: args.month, rows: args.rows, seed: args.seed })?;
+            println!(
+                "wrote {} rows in {} row groups ({} bytes) to {}",
+                summary.rows,
+                summary.row_groups,
+                summary.size_bytes,
+                args.out.display()
+            );
+            Ok(())
+        }
+        Command::Db { action, place } => {
+            let cluster = LocalPostgres::ensure_running(&cluster_dir(&place.data_dir))?;
+            match action {
+                DbAction::Url => println!("{}", cluster.ensure_database(db::local::DATABASE).await?),
+                DbAction::Stop => {
+                    cluster.stop()?;
+                    println!("stopped the private PostgreSQL cluster in {}", cluster_dir(&place.data_dir).display());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn cluster_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(".postgres")
+}
+
+async fn database(place: &Place) -> Result<tokio_postgres::Client> {
+    let url = match &place.database_url {
+        Some(url) => url.clone(),
+        None => {
+            std::fs::create_dir_all(&place.data_dir)
+                .map_err(|e| Error::InvalidInput(format!("cannot create {}: {e}", place.data_dir.display())))?;
+            let cluster = LocalPostgres::ensure_running(&cluster_dir(&place.data_dir))?;
+            cluster.ensure_database(db::local::DATABASE).await?
+        }
+    };
+    db::connect(&url).await
+}
+
+async fn run(place: &Place, config: PipelineConfig, input: IngestInput) -> Result<RunSummary> {
+    let store = Arc::new(LocalStore::open(&place.data_dir)?);
+    let ctx = StageContext::new(store, config);
+    let mut client = database(place).await?;
+    run_all(&ctx, &mut client, input).await
+}
+
+fn print_summary(summary: &RunSummary, json: bool) -> Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(summary).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        println!("{text}");
+    } else {
+        print!("{}", report::summary_text(summary));
+    }
+    Ok(())
+}

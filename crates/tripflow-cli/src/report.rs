@@ -1,0 +1,94 @@
+//! The human-readable run summary.
+
+use std::fmt::Write;
+
+use tripflow::db::Answers;
+use tripflow::pipeline::RunSummary;
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn summary_text(s: &RunSummary) -> String {
+    let mut out = String::new();
+    let r = &s.rows_rejected;
+    let t = &s.stage_seconds;
+    let _ = writeln!(out, "tripflow run: {} from {}", s.source_id, s.source);
+    let _ = writeln!(out, "  md5         {} ({})", s.md5, if s.ingest.md5_verified { "verified" } else { "computed, nothing to verify against" });
+    let _ = writeln!(out, "  schema      {}", s.ingest.schema_variant);
+    let _ = writeln!(out, "  rows in     {}", thousands(s.rows_in));
+    let _ = writeln!(out, "  kept        {}", thousands(s.rows_kept));
+    let _ = writeln!(
+        out,
+        "  rejected    {} ({:.3}%): null_timestamp {}, non_positive_duration {}, outside_period {}",
+        thousands(r.total()),
+        s.clean.rejected_ratio * 100.0,
+        thousands(r.null_timestamp),
+        thousands(r.non_positive_duration),
+        thousands(r.outside_period)
+    );
+    let _ = writeln!(
+        out,
+        "  curated     {} rows in {} daily partitions ({} location IDs swapped)",
+        thousands(s.rows_curated),
+        s.transform.partitions,
+        thousands(s.transform.location_ids_swapped)
+    );
+    let _ = writeln!(
+        out,
+        "  loaded      {} rows into {} (replaced {})",
+        thousands(s.rows_loaded),
+        s.load.table,
+        thousands(s.load.rows_replaced)
+    );
+    let _ = writeln!(
+        out,
+        "  time        ingest {:.2}s, clean {:.2}s, transform {:.2}s, load {:.2}s, queries {:.2}s",
+        t.ingest, t.clean, t.transform, t.load, t.queries
+    );
+    out.push_str(&answers_text(&s.source_id, &Answers { avg_speed_mph: s.avg_speed_mph, weekly_top5: s.weekly_top5.clone() }));
+    out
+}
+
+pub fn answers_text(source_id: &str, answers: &Answers) -> String {
+    let mut out = String::new();
+    match answers.avg_speed_mph {
+        Some(speed) => {
+            let _ = writeln!(out, "{source_id}: average speed {speed:.3} mph (total distance / total time, valid trips)");
+        }
+        None => {
+            let _ = writeln!(out, "{source_id}: no valid trips loaded");
+        }
+    }
+    let _ = writeln!(out, "  top 5 pickup locations by trips slower than that, per ISO week:");
+    let mut weeks: Vec<i32> = answers.weekly_top5.iter().map(|w| w.week).collect();
+    weeks.dedup();
+    for week in weeks {
+        let ranked: Vec<String> = answers
+            .weekly_top5
+            .iter()
+            .filter(|w| w.week == week)
+            .map(|w| format!("{} ({} trips)", w.pu_location_id, thousands(w.slow_trips.max(0) as u64)))
+            .collect();
+        let _ = writeln!(out, "    week {week:>2}: {}", ranked.join(", "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1_925_152), "1,925,152");
+    }
+}

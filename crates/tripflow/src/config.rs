@@ -1,0 +1,166 @@
+//! The pipeline's settings, read once at start-up. Every environment variable is a documented const;
+//! a malformed value fails at start-up naming the variable, never later inside a stage.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Share of a file's rows clean may reject before its verdict is `TooManyRejectedRows` (0.0-1.0).
+pub const ENV_MAX_REJECTED_RATIO: &str = "TRIPFLOW_MAX_REJECTED_RATIO";
+/// Location IDs to swap in transform, as `a:b` pairs separated by commas (`161:237`). Empty: no swap.
+pub const ENV_LOCATION_SWAPS: &str = "TRIPFLOW_LOCATION_SWAPS";
+/// Memory, in MiB, that transform's open partition writers may buffer before flushing row groups.
+pub const ENV_WRITE_BUFFER_MB: &str = "TRIPFLOW_WRITE_BUFFER_MB";
+/// PostgreSQL connection URL (`postgres://user:pass@host:5432/db?sslmode=require`).
+pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
+
+pub const DEFAULT_MAX_REJECTED_RATIO: f64 = 0.05;
+/// The source system swaps these two zones (known defect); transform swaps them back.
+pub const DEFAULT_LOCATION_SWAPS: &str = "161:237";
+pub const DEFAULT_WRITE_BUFFER_MB: usize = 64;
+/// Rows per written row group: large enough for good compression, small enough for a Lambda.
+pub const ROW_GROUP_ROWS: usize = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineConfig {
+    pub max_rejected_ratio: f64,
+    pub location_swaps: LocationSwaps,
+    pub write_buffer_bytes: usize,
+    pub row_group_rows: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_rejected_ratio: DEFAULT_MAX_REJECTED_RATIO,
+            location_swaps: LocationSwaps::default(),
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_MB << 20,
+            row_group_rows: ROW_GROUP_ROWS,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads the `TRIPFLOW_*` variables; unset ones keep their defaults.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut config = PipelineConfig::default();
+        if let Some(raw) = lookup(ENV_MAX_REJECTED_RATIO) {
+            config.max_rejected_ratio = parse_ratio(&raw)
+                .ok_or_else(|| Error::InvalidInput(format!("{ENV_MAX_REJECTED_RATIO}={raw:?}: expected a number from 0 to 1")))?;
+        }
+        if let Some(raw) = lookup(ENV_LOCATION_SWAPS) {
+            config.location_swaps = raw.parse().map_err(|e| Error::InvalidInput(format!("{ENV_LOCATION_SWAPS}: {e}")))?;
+        }
+        if let Some(raw) = lookup(ENV_WRITE_BUFFER_MB) {
+            let mb: usize = raw
+                .trim()
+                .parse()
+                .ok()
+                .filter(|mb| *mb > 0)
+                .ok_or_else(|| Error::InvalidInput(format!("{ENV_WRITE_BUFFER_MB}={raw:?}: expected a positive integer")))?;
+            config.write_buffer_bytes = mb << 20;
+        }
+        Ok(config)
+    }
+}
+
+pub fn parse_ratio(raw: &str) -> Option<f64> {
+    raw.trim().parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r))
+}
+
+/// Pairs of location IDs to exchange. Applied to pickup and dropoff IDs alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LocationSwaps(Vec<(i32, i32)>);
+
+impl Default for LocationSwaps {
+    fn default() -> Self {
+        LocationSwaps(vec![(161, 237)])
+    }
+}
+
+impl LocationSwaps {
+    pub fn none() -> Self {
+        LocationSwaps(Vec::new())
+    }
+
+    pub fn pairs(&self) -> &[(i32, i32)] {
+        &self.0
+    }
+
+    /// The ID after the swap (unchanged if it is in no pair).
+    pub fn apply(&self, id: i32) -> i32 {
+        for &(a, b) in &self.0 {
+            if id == a {
+                return b;
+            }
+            if id == b {
+                return a;
+            }
+        }
+        id
+    }
+}
+
+impl std::str::FromStr for LocationSwaps {
+    type Err = String;
+
+    fn from_str(raw: &str) -> std::result::Result<Self, String> {
+        let mut pairs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let parsed = part
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.trim().parse::<i32>().ok()?, b.trim().parse::<i32>().ok()?)));
+            let (a, b) = parsed.ok_or_else(|| format!("{part:?} is not a pair like 161:237"))?;
+            // An ID in two pairs would make the result depend on pair order.
+            if a == b || !seen.insert(a) || !seen.insert(b) {
+                return Err(format!("{part:?}: each ID may appear in one pair only, paired with another ID"));
+            }
+            pairs.push((a, b));
+        }
+        Ok(LocationSwaps(pairs))
+    }
+}
+
+impl TryFrom<String> for LocationSwaps {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<LocationSwaps> for String {
+    fn from(s: LocationSwaps) -> String {
+        s.0.iter().map(|(a, b)| format!("{a}:{b}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_swap_161_and_237_and_reject_above_five_percent() {
+        let config = PipelineConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(config.max_rejected_ratio, 0.05);
+        assert_eq!(config.location_swaps.apply(161), 237);
+        assert_eq!(config.location_swaps.apply(237), 161);
+        assert_eq!(config.location_swaps.apply(1), 1);
+    }
+
+    #[test]
+    fn malformed_variables_fail_naming_the_variable() {
+        let err = PipelineConfig::from_lookup(|n| (n == ENV_MAX_REJECTED_RATIO).then(|| "5%".into())).unwrap_err();
+        assert!(err.to_string().contains(ENV_MAX_REJECTED_RATIO));
+        let err = PipelineConfig::from_lookup(|n| (n == ENV_LOCATION_SWAPS).then(|| "161-237".into())).unwrap_err();
+        assert!(err.to_string().contains(ENV_LOCATION_SWAPS));
+        assert!("1:2,2:3".parse::<LocationSwaps>().is_err());
+        assert_eq!("".parse::<LocationSwaps>().unwrap(), LocationSwaps::none());
+        assert_eq!(String::from("1:2, 3:4".parse::<LocationSwaps>().unwrap()), "1:2,3:4");
+    }
+}

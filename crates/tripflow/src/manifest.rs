@@ -1,0 +1,74 @@
+//! Manifests: what each stage wrote (key, size, MD5, rows), stored under `reports/`. The next stage
+//! checks its input objects against the manifest before reading them, so a file replaced or damaged
+//! between stages is caught (`IntegrityError`) instead of silently processed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::storage::{ObjectInfo, ObjectStore, get_json, put_json, verify_object};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest<T> {
+    pub stage: String,
+    pub source_id: String,
+    pub created_at: String,
+    /// Every object the stage wrote that a later stage reads.
+    pub objects: Vec<ManifestObject>,
+    /// The stage's output, as returned to the caller.
+    pub output: T,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestObject {
+    #[serde(flatten)]
+    pub object: ObjectInfo,
+    pub rows: u64,
+}
+
+impl<T: Serialize + for<'de> Deserialize<'de>> Manifest<T> {
+    pub fn new(stage: &str, source_id: String, objects: Vec<ManifestObject>, output: T) -> Self {
+        Manifest {
+            stage: stage.to_string(),
+            source_id,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            objects,
+            output,
+        }
+    }
+
+    pub async fn write(&self, store: &dyn ObjectStore, key: &str) -> Result<()> {
+        put_json(store, key, self).await.map(|_| ())
+    }
+
+    /// Reads a manifest written by `stage` for `source_id`, refusing one that belongs to something else.
+    pub async fn read(store: &dyn ObjectStore, key: &str, stage: &str, source_id: &str) -> Result<Self> {
+        let manifest: Self = match get_json(store, key).await {
+            Err(Error::ObjectNotFound { key }) => {
+                return Err(Error::IntegrityError { key, detail: format!("no {stage} manifest: run {stage} first") });
+            }
+            other => other?,
+        };
+        if manifest.stage != stage || manifest.source_id != source_id {
+            return Err(Error::IntegrityError {
+                key: key.to_string(),
+                detail: format!(
+                    "manifest is {}'s for {}, expected {stage}'s for {source_id}",
+                    manifest.stage, manifest.source_id
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Re-hashes every object the manifest lists.
+    pub async fn verify_objects(&self, store: &dyn ObjectStore) -> Result<()> {
+        for entry in &self.objects {
+            verify_object(store, &entry.object).await?;
+        }
+        Ok(())
+    }
+
+    pub fn total_rows(&self) -> u64 {
+        self.objects.iter().map(|o| o.rows).sum()
+    }
+}

@@ -1,0 +1,232 @@
+//! Parquet over the object store: reads through ranged GETs (only the footer, the projected columns
+//! and the row groups asked for travel), writes through an all-or-nothing [`ObjectSink`].
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
+use parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+use crate::storage::{ObjectInfo, ObjectSink, ObjectStore};
+
+const MAGIC: &[u8; 4] = b"PAR1";
+/// Footers of TLC files are a few KiB; one 64 KiB GET almost always fetches the whole of it.
+const FOOTER_PREFETCH: usize = 64 * 1024;
+/// Rows per decoded batch: bounds memory while keeping the kernels vectorised.
+pub const BATCH_ROWS: usize = 64 * 1024;
+
+/// An [`AsyncFileReader`] that fetches byte ranges from the store.
+pub struct StoreFileReader {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    size: u64,
+}
+
+impl StoreFileReader {
+    pub fn new(store: Arc<dyn ObjectStore>, key: impl Into<String>, size: u64) -> Self {
+        StoreFileReader { store, key: key.into(), size }
+    }
+}
+
+impl AsyncFileReader for StoreFileReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store.get_range(&self.key, range).await.map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Checks the magic bytes at both ends and reads the footer, telling `NotParquet` from `TruncatedParquet`.
+pub async fn read_metadata(store: &Arc<dyn ObjectStore>, key: &str) -> Result<(u64, Arc<ParquetMetaData>)> {
+    let size = store.size(key).await?.ok_or_else(|| Error::ObjectNotFound { key: key.to_string() })?;
+    if size < 4 {
+        return Err(Error::NotParquet { key: key.into(), detail: format!("only {size} bytes") });
+    }
+    let head = store.get_range(key, 0..4).await?;
+    if head.as_ref() != MAGIC {
+        return Err(Error::NotParquet { key: key.into(), detail: format!("starts with {:02x?}, not PAR1", head.as_ref()) });
+    }
+    let truncated = |detail: String| Error::TruncatedParquet { key: key.into(), detail };
+    if size < 12 {
+        return Err(truncated(format!("only {size} bytes, too short for a footer")));
+    }
+    let tail = store.get_range(key, size - 4..size).await?;
+    if tail.as_ref() != MAGIC {
+        return Err(truncated("no PAR1 at the end: the file was cut off".into()));
+    }
+    let mut reader = StoreFileReader::new(store.clone(), key, size);
+    let metadata = reader.get_metadata(None).await.map_err(|e| match e {
+        ParquetError::External(inner) => match inner.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => truncated(other.to_string()),
+        },
+        other => truncated(format!("unreadable footer: {other}")),
+    })?;
+    Ok((size, metadata))
+}
+
+/// Opens a Parquet object for streaming reads of the named columns (all when `columns` is `None`).
+pub async fn open_stream(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    columns: Option<&[&str]>,
+) -> Result<(SchemaRef, ParquetRecordBatchStream<StoreFileReader>)> {
+    let (size, metadata) = read_metadata(store, key).await?;
+    let reader = StoreFileReader::new(store.clone(), key, size);
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+        reader,
+        parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new())
+            .map_err(|e| Error::TruncatedParquet { key: key.into(), detail: e.to_string() })?,
+    );
+    let builder = match columns {
+        None => builder,
+        Some(names) => {
+            let descr = builder.parquet_schema();
+            let indices: Vec<usize> = descr
+                .root_schema()
+                .get_fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| names.contains(&f.name()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = parquet::arrow::ProjectionMask::roots(descr, indices);
+            builder.with_projection(mask)
+        }
+    };
+    let stream = builder
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| Error::TruncatedParquet { key: key.into(), detail: e.to_string() })?;
+    Ok((stream.schema().clone(), stream))
+}
+
+/// Maps an error met while decoding row groups: our own store errors pass through, the rest means
+/// the file is damaged past its footer.
+pub fn decode_error(key: &str, err: ParquetError) -> Error {
+    match err {
+        ParquetError::External(inner) => match inner.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => Error::TruncatedParquet { key: key.into(), detail: other.to_string() },
+        },
+        other => Error::TruncatedParquet { key: key.into(), detail: other.to_string() },
+    }
+}
+
+/// An [`AsyncFileWriter`] into an object sink. The object appears only when [`ParquetSink::finish`] runs.
+pub struct SinkWriter {
+    sink: Option<Box<dyn ObjectSink>>,
+}
+
+impl AsyncFileWriter for SinkWriter {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        async move {
+            match self.sink.as_mut() {
+                Some(sink) => sink.write(bs).await.map_err(|e| ParquetError::External(Box::new(e))),
+                None => Err(ParquetError::General("write after completion".into())),
+            }
+        }
+        .boxed()
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        // Publishing is deferred to ParquetSink::finish, which needs the ObjectInfo back.
+        async { Ok(()) }.boxed()
+    }
+}
+
+/// Writer settings for everything the pipeline writes: zstd, statistics for Athena's pruning,
+/// row groups small enough that a writer's buffer stays within a Lambda's memory.
+pub fn writer_properties(max_row_group_rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(max_row_group_rows))
+        .set_created_by(format!("tripflow {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A Parquet file being written to the store; all-or-nothing.
+pub struct ParquetSink {
+    key: String,
+    writer: AsyncArrowWriter<SinkWriter>,
+    rows: u64,
+}
+
+impl ParquetSink {
+    pub async fn create(store: &dyn ObjectStore, key: &str, schema: SchemaRef, max_row_group_rows: usize) -> Result<Self> {
+        let sink = store.create(key).await?;
+        let writer = AsyncArrowWriter::try_new(
+            SinkWriter { sink: Some(sink) },
+            schema,
+            Some(writer_properties(max_row_group_rows)),
+        )
+        .map_err(|e| Error::InvalidInput(format!("cannot write {key}: {e}")))?;
+        Ok(ParquetSink { key: key.to_string(), writer, rows: 0 })
+    }
+
+    pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.writer.write(batch).await.map_err(|e| decode_error(&self.key, e))
+    }
+
+    /// Bytes buffered in memory for the current row group.
+    pub fn buffered_bytes(&self) -> usize {
+        self.writer.in_progress_size()
+    }
+
+    /// Ends the current row group early, to bound memory.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.writer.flush().await.map_err(|e| decode_error(&self.key, e))
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Writes the footer and publishes the object.
+    pub async fn finish(self) -> Result<(ObjectInfo, u64)> {
+        let rows = self.rows;
+        let key = self.key;
+        let mut writer = self.writer;
+        writer.finish().await.map_err(|e| decode_error(&key, e))?;
+        let mut inner = writer.into_inner();
+        let sink = inner.sink.take().ok_or_else(|| Error::InvalidInput(format!("{key} finished twice")))?;
+        Ok((sink.finish().await?, rows))
+    }
+
+    /// Throws the file away; nothing appears in the store.
+    pub async fn abort(self) -> Result<()> {
+        let mut inner = self.writer.into_inner();
+        match inner.sink.take() {
+            Some(sink) => sink.abort().await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! All four stages in order, as `tripflow run` executes them on one machine. The state machine does
+//! the same in AWS; both call the very same stage `run` functions.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::db::{self, Answers, WeeklySlowPickup};
+use crate::error::{Error, Result};
+use crate::stages::clean::{CleanInput, CleanOutput, RejectCounts};
+use crate::stages::ingest::{IngestInput, IngestOutput};
+use crate::stages::load::{LoadInput, LoadOutput};
+use crate::stages::transform::{TransformInput, TransformOutput};
+use crate::stages::{StageContext, Verdict, clean, ingest, load, transform};
+
+/// What `tripflow run --json` prints: one object, stable keys, for scripts.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub source: String,
+    pub source_id: String,
+    pub md5: String,
+    pub rows_in: u64,
+    pub rows_kept: u64,
+    pub rows_rejected: RejectCounts,
+    pub rows_curated: u64,
+    pub rows_loaded: u64,
+    pub avg_speed_mph: Option<f64>,
+    pub weekly_top5: Vec<WeeklySlowPickup>,
+    pub stage_seconds: StageSeconds,
+    pub ingest: IngestOutput,
+    pub clean: CleanOutput,
+    pub transform: TransformOutput,
+    pub load: LoadOutput,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageSeconds {
+    pub ingest: f64,
+    pub clean: f64,
+    pub transform: f64,
+    pub load: f64,
+    pub queries: f64,
+}
+
+/// Runs ingest, clean, transform and load, then reads the two answers.
+pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput) -> Result<RunSummary> {
+    let mut seconds = StageSeconds::default();
+    let mut timer = Instant::now();
+    let mut lap = |slot: &mut f64| {
+        *slot = timer.elapsed().as_secs_f64();
+        timer = Instant::now();
+    };
+
+    let source = input.source.clone();
+    let ingested = ingest::run(ctx, input).await?;
+    lap(&mut seconds.ingest);
+
+    let cleaned = clean::run(
+        ctx,
+        CleanInput {
+            dataset: ingested.dataset.clone(),
+            period: ingested.period,
+            raw_key: ingested.raw_key.clone(),
+            manifest_key: ingested.manifest_key.clone(),
+            max_rejected_ratio: None,
+        },
+    )
+    .await?;
+    lap(&mut seconds.clean);
+    if cleaned.verdict == Verdict::TooManyRejectedRows {
+        return Err(Error::TooManyRejectedRows {
+            rejected: cleaned.rows_rejected.total(),
+            rows_in: cleaned.rows_in,
+            ratio: cleaned.rejected_ratio,
+            max_ratio: cleaned.max_rejected_ratio,
+        });
+    }
+
+    let transformed = transform::run(
+        ctx,
+        TransformInput {
+            dataset: cleaned.dataset.clone(),
+            period: cleaned.period,
+            clean_key: cleaned.clean_key.clone(),
+            manifest_key: cleaned.manifest_key.clone(),
+        },
+    )
+    .await?;
+    lap(&mut seconds.transform);
+
+    let loaded = load::run(
+        ctx,
+        client,
+        LoadInput {
+            dataset: transformed.dataset.clone(),
+            period: transformed.period,
+            manifest_key: transformed.manifest_key.clone(),
+        },
+    )
+    .await?;
+    lap(&mut seconds.load);
+
+    let Answers { avg_speed_mph, weekly_top5 } = db::answers(client, &loaded.source_id).await?;
+    lap(&mut seconds.queries);
+
+    Ok(RunSummary {
+        source,
+        source_id: loaded.source_id.clone(),
+        md5: ingested.md5.clone(),
+        rows_in: cleaned.rows_in,
+        rows_kept: cleaned.rows_kept,
+        rows_rejected: cleaned.rows_rejected,
+        rows_curated: transformed.rows_curated,
+        rows_loaded: loaded.rows_loaded,
+        avg_speed_mph,
+        weekly_top5,
+        stage_seconds: seconds,
+        ingest: ingested,
+        clean: cleaned,
+        transform: transformed,
+        load: loaded,
+    })
+}

@@ -1,0 +1,359 @@
+//! **ingest + checksum.** Triggered by a new object in `landing/` (or a URL or local path given to
+//! `tripflow run`). Streams the source into `raw/<dataset>/<period>/`, computing its MD5 on the way;
+//! verifies the MD5 against the one given (input, or a `<source>.md5` sidecar); checks the bytes are
+//! Parquet (magic at both ends, a readable footer) and that the schema meets the contract; all before
+//! the raw object is published, so a bad source leaves nothing in `raw/`. Writes the ingest manifest
+//! to `reports/` and returns keys, size, MD5 and row counts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::{StageContext, Verdict};
+use crate::checksum::{Md5Counter, parse_md5_hex};
+use crate::contract;
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, ManifestObject};
+use crate::period::{Period, TlcFileName, file_name_of, resolve_period};
+use crate::storage::{ByteStream, Layout, ObjectStore, get_bytes};
+
+pub const STAGE: &str = "ingest";
+/// The footer must fit in the tail we keep while streaming; TLC footers are a few KiB.
+const TAIL_BYTES: usize = 8 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestInput {
+    /// `s3://bucket/landing/…`, a key in the store (`landing/…`), an `https://` URL, or a local path.
+    pub source: String,
+    /// Hex MD5 the source must hash to. When absent, a `<source>.md5` sidecar is used if there is one.
+    #[serde(default)]
+    pub expected_md5: Option<String>,
+    /// The month the file holds; defaults to the one in the file name.
+    #[serde(default)]
+    pub period: Option<Period>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestOutput {
+    pub verdict: Verdict,
+    pub dataset: String,
+    pub period: Period,
+    pub source: String,
+    pub raw_key: String,
+    pub manifest_key: String,
+    pub size_bytes: u64,
+    pub md5: String,
+    /// True when an expected MD5 was given (input or sidecar) and matched.
+    pub md5_verified: bool,
+    pub rows: u64,
+    pub row_groups: usize,
+    pub schema_variant: String,
+}
+
+/// Where the bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Url(String),
+    StoreKey(String),
+    LocalPath(PathBuf),
+}
+
+impl Source {
+    /// Classifies a source string. `s3://<bucket>/<key>` must name the store's own bucket.
+    pub fn parse(raw: &str, store: &dyn ObjectStore) -> Result<Self> {
+        let raw = raw.trim();
+        if raw.starts_with("https://") || raw.starts_with("http://") {
+            return Ok(Source::Url(raw.to_string()));
+        }
+        if let Some(rest) = raw.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if store.describe() != format!("s3://{bucket}") || key.is_empty() {
+                return Err(Error::InvalidInput(format!("{raw} is not an object of {}", store.describe())));
+            }
+            return Ok(Source::StoreKey(key.to_string()));
+        }
+        if raw.starts_with(crate::storage::layout::LANDING) {
+            return Ok(Source::StoreKey(raw.to_string()));
+        }
+        if raw.is_empty() {
+            return Err(Error::InvalidInput("source is empty".into()));
+        }
+        Ok(Source::LocalPath(PathBuf::from(raw)))
+    }
+
+    async fn open(&self, store: &dyn ObjectStore, http: &reqwest::Client) -> Result<ByteStream> {
+        match self {
+            Source::StoreKey(key) => store.get(key).await,
+            Source::LocalPath(path) => open_local(path).await,
+            Source::Url(url) => open_url(http, url).await,
+        }
+    }
+
+    /// The `<source>.md5` sidecar's content, if there is one.
+    async fn sidecar_md5(&self, store: &dyn ObjectStore, http: &reqwest::Client) -> Result<Option<String>> {
+        let text = match self {
+            Source::StoreKey(key) => match get_bytes(store, &format!("{key}.md5")).await {
+                Ok(body) => Some(String::from_utf8_lossy(&body).into_owned()),
+                Err(Error::ObjectNotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            Source::LocalPath(path) => {
+                let mut sidecar = path.clone().into_os_string();
+                sidecar.push(".md5");
+                match tokio::fs::read_to_string(PathBuf::from(sidecar)).await {
+                    Ok(text) => Some(text),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(Error::storage("reading", path.display().to_string(), e)),
+                }
+            }
+            Source::Url(url) => {
+                let sidecar = format!("{url}.md5");
+                let response = http.get(&sidecar).send().await.map_err(|e| unavailable(url, e))?;
+                if response.status().is_success() {
+                    Some(response.text().await.map_err(|e| unavailable(url, e))?)
+                } else {
+                    None
+                }
+            }
+        };
+        match text {
+            None => Ok(None),
+            Some(text) => parse_md5_hex(&text)
+                .map(Some)
+                .ok_or_else(|| Error::InvalidInput(format!("the MD5 sidecar of {} holds no MD5", self.name()))),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Source::Url(url) => url.clone(),
+            Source::StoreKey(key) => key.clone(),
+            Source::LocalPath(path) => path.display().to_string(),
+        }
+    }
+}
+
+fn unavailable(url: &str, err: impl std::fmt::Display) -> Error {
+    Error::SourceUnavailable { url: url.to_string(), detail: err.to_string() }
+}
+
+async fn open_local(path: &std::path::Path) -> Result<ByteStream> {
+    use tokio::io::AsyncReadExt;
+    let name = path.display().to_string();
+    let file = tokio::fs::File::open(path).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::ObjectNotFound { key: name.clone() },
+        _ => Error::storage("opening", name.clone(), e),
+    })?;
+    let stream = futures::stream::try_unfold((file, name), |(mut file, name)| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        let read = file.read(&mut buf).await.map_err(|e| Error::storage("reading", name.clone(), e))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        buf.truncate(read);
+        Ok(Some((Bytes::from(buf), (file, name))))
+    });
+    Ok(Box::pin(stream))
+}
+
+async fn open_url(http: &reqwest::Client, url: &str) -> Result<ByteStream> {
+    let response = http.get(url).send().await.map_err(|e| unavailable(url, e))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(Error::ObjectNotFound { key: url.to_string() });
+    }
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(unavailable(url, format!("HTTP {status}")));
+    }
+    if !status.is_success() {
+        return Err(Error::InvalidInput(format!("{url} answered HTTP {status}")));
+    }
+    let url = url.to_string();
+    Ok(Box::pin(response.bytes_stream().map_err(move |e| unavailable(&url, e))))
+}
+
+/// What streaming the source taught us.
+struct Streamed {
+    md5: String,
+    size: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+/// Keeps the first 4 bytes and the last `TAIL_BYTES` of a stream, so the footer can be checked
+/// without a second pass over the file.
+#[derive(Default)]
+struct EndsKeeper {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl EndsKeeper {
+    fn push(&mut self, chunk: &[u8]) {
+        if self.head.len() < 4 {
+            let take = (4 - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+        }
+        if chunk.len() >= TAIL_BYTES {
+            self.tail.clear();
+            self.tail.extend_from_slice(&chunk[chunk.len() - TAIL_BYTES..]);
+            return;
+        }
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > 2 * TAIL_BYTES {
+            self.tail.drain(..self.tail.len() - TAIL_BYTES);
+        }
+    }
+}
+
+/// Checks magic bytes and decodes the footer from the kept ends of the file.
+fn footer_of(key: &str, streamed: &Streamed) -> Result<ParquetMetaData> {
+    const MAGIC: &[u8] = b"PAR1";
+    if streamed.head != MAGIC {
+        let detail = if streamed.size == 0 { "the file is empty".to_string() } else { "no PAR1 magic at the start".to_string() };
+        return Err(Error::NotParquet { key: key.to_string(), detail });
+    }
+    let truncated = |detail: String| Error::TruncatedParquet { key: key.to_string(), detail };
+    let tail = &streamed.tail;
+    if streamed.size < 12 || tail.len() < 8 || &tail[tail.len() - 4..] != MAGIC {
+        return Err(truncated("no PAR1 magic at the end: the file was cut off".into()));
+    }
+    let mut len_bytes = [0u8; 4];
+    len_bytes.copy_from_slice(&tail[tail.len() - 8..tail.len() - 4]);
+    let footer_len = u32::from_le_bytes(len_bytes) as usize;
+    if (footer_len as u64) + 12 > streamed.size {
+        return Err(truncated(format!("footer claims {footer_len} bytes, more than the file holds")));
+    }
+    if footer_len + 8 > tail.len() {
+        return Err(truncated(format!("footer of {footer_len} bytes exceeds the {TAIL_BYTES}-byte limit")));
+    }
+    let footer = &tail[tail.len() - 8 - footer_len..tail.len() - 8];
+    ParquetMetaDataReader::decode_metadata(footer).map_err(|e| truncated(format!("unreadable footer: {e}")))
+}
+
+pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput> {
+    let store = ctx.store.as_ref();
+    let source = Source::parse(&input.source, store)?;
+    let name = file_name_of(&input.source).to_string();
+    let period = resolve_period(&name, input.period)?;
+    let dataset = TlcFileName::parse(&name).map(|n| n.dataset).unwrap_or_else(|| "yellow".to_string());
+    let layout = Layout::new(dataset.clone(), period);
+    let raw_key = layout.raw_key();
+
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("tripflow/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("HTTP client: {e}")))?;
+    let expected_md5 = match &input.expected_md5 {
+        Some(given) => Some(
+            parse_md5_hex(given).ok_or_else(|| Error::InvalidInput(format!("expected_md5 {given:?} is not a hex MD5")))?,
+        ),
+        None => source.sidecar_md5(store, &http).await?,
+    };
+
+    info!(source = %source.name(), %raw_key, expected_md5 = expected_md5.as_deref().unwrap_or("-"), "ingest started");
+    let mut body = source.open(store, &http).await?;
+    let mut sink = store.create(&raw_key).await?;
+    let streamed = async {
+        let mut md5 = Md5Counter::new();
+        let mut ends = EndsKeeper::default();
+        while let Some(chunk) = body.try_next().await? {
+            md5.update(&chunk);
+            ends.push(&chunk);
+            sink.write(chunk).await?;
+        }
+        let size = md5.bytes();
+        Ok::<_, Error>(Streamed { md5: md5.finish_hex(), size, head: ends.head, tail: ends.tail })
+    }
+    .await;
+
+    // Everything is decided before the raw object is published: a bad source leaves nothing behind.
+    let checked = streamed.and_then(|streamed| {
+        if let Some(expected) = &expected_md5 {
+            if *expected != streamed.md5 {
+                return Err(Error::ChecksumMismatch {
+                    key: source.name(),
+                    expected: expected.clone(),
+                    actual: streamed.md5.clone(),
+                });
+            }
+        }
+        let metadata = footer_of(&source.name(), &streamed)?;
+        let arrow_schema = parquet::arrow::parquet_to_arrow_schema(
+            metadata.file_metadata().schema_descr(),
+            metadata.file_metadata().key_value_metadata(),
+        )
+        .map_err(|e| Error::schema_drift("*", format!("schema not readable as Arrow: {e}")))?;
+        let contract = contract::check(&arrow_schema)?;
+        Ok((streamed, metadata, contract))
+    });
+    let (streamed, metadata, contract) = match checked {
+        Ok(checked) => checked,
+        Err(err) => {
+            let _ = sink.abort().await;
+            return Err(err);
+        }
+    };
+    let raw = sink.finish().await?;
+
+    let rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
+    let output = IngestOutput {
+        verdict: Verdict::Ok,
+        dataset,
+        period,
+        source: input.source.clone(),
+        raw_key: raw.key.clone(),
+        manifest_key: layout.report_key(STAGE),
+        size_bytes: streamed.size,
+        md5: streamed.md5,
+        md5_verified: expected_md5.is_some(),
+        rows,
+        row_groups: metadata.num_row_groups(),
+        schema_variant: contract.variant,
+    };
+    Manifest::new(STAGE, layout.source_id(), vec![ManifestObject { object: raw, rows }], output.clone())
+        .write(store, &output.manifest_key)
+        .await?;
+    info!(rows, row_groups = output.row_groups, size_bytes = output.size_bytes, md5 = %output.md5, variant = %output.schema_variant, "ingest done");
+    Ok(output)
+}
+
+/// Reads and checks the ingest manifest, then re-hashes the raw object: the guard every later stage
+/// runs before trusting its input.
+pub async fn verified_manifest(store: &Arc<dyn ObjectStore>, layout: &Layout, manifest_key: &str) -> Result<Manifest<IngestOutput>> {
+    let manifest = Manifest::<IngestOutput>::read(store.as_ref(), manifest_key, STAGE, &layout.source_id()).await?;
+    manifest.verify_objects(store.as_ref()).await?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_keeper_keeps_the_first_four_and_the_last_bytes() {
+        let mut ends = EndsKeeper::default();
+        ends.push(b"PA");
+        ends.push(b"R1xyz");
+        assert_eq!(ends.head, b"PAR1");
+        assert!(ends.tail.ends_with(b"PAR1xyz"));
+    }
+
+    #[test]
+    fn a_stream_without_magic_is_not_parquet_and_a_cut_one_is_truncated() {
+        let plain = Streamed { md5: String::new(), size: 20, head: b"<htm".to_vec(), tail: b"<html></html>".to_vec() };
+        assert_eq!(footer_of("k", &plain).unwrap_err().name(), "NotParquet");
+        let cut = Streamed { md5: String::new(), size: 5000, head: b"PAR1".to_vec(), tail: vec![7u8; 64] };
+        assert_eq!(footer_of("k", &cut).unwrap_err().name(), "TruncatedParquet");
+        let mut lying = vec![0u8; 16];
+        lying.extend_from_slice(&9999u32.to_le_bytes());
+        lying.extend_from_slice(b"PAR1");
+        let lying = Streamed { md5: String::new(), size: 24, head: b"PAR1".to_vec(), tail: lying };
+        assert_eq!(footer_of("k", &lying).unwrap_err().name(), "TruncatedParquet");
+    }
+}

@@ -1,0 +1,307 @@
+//! **transform.** Reads the clean object of one source (after checking it against the clean manifest),
+//! swaps the location IDs the source system is known to swap (161 <-> 237 by default, pickup and
+//! dropoff alike), derives `duration_s`, `speed_mph` (null where distance <= 0) and the ISO
+//! `pickup_week`, and writes analyst-ready Parquet to `curated/<dataset>/pickup_date=YYYY-MM-DD/`.
+//! `pickup_date` lives in the partition path only, as Hive, Glue and Athena expect. Partitions of
+//! the period that a rerun no longer produces are removed. Writers flush row groups early when their
+//! buffers together pass the memory budget, so memory does not grow with the file.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::{DateTime, Datelike, NaiveDate};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::clean::CleanOutput;
+use super::{StageContext, Verdict};
+use crate::config::LocationSwaps;
+use crate::contract::{self, col};
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, ManifestObject};
+use crate::parquet_io::{ParquetSink, decode_error, open_stream};
+use crate::period::Period;
+use crate::storage::{Layout, delete_stale};
+
+pub const STAGE: &str = "transform";
+pub const DURATION_S: &str = "duration_s";
+pub const SPEED_MPH: &str = "speed_mph";
+pub const PICKUP_WEEK: &str = "pickup_week";
+/// The partition column: in the key (`pickup_date=2021-03-01`), not in the files.
+pub const PICKUP_DATE: &str = "pickup_date";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformInput {
+    pub dataset: String,
+    pub period: Period,
+    pub clean_key: String,
+    /// The clean manifest the clean object is checked against.
+    pub manifest_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformOutput {
+    pub verdict: Verdict,
+    pub dataset: String,
+    pub period: Period,
+    pub curated_prefix: String,
+    pub manifest_key: String,
+    pub rows_curated: u64,
+    pub partitions: usize,
+    /// Pickup plus dropoff IDs changed by the swap.
+    pub location_ids_swapped: u64,
+}
+
+static CURATED: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields: Vec<Field> = contract::canonical_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(DURATION_S, DataType::Int64, false));
+    fields.push(Field::new(SPEED_MPH, DataType::Float64, true));
+    fields.push(Field::new(PICKUP_WEEK, DataType::Int32, false));
+    Arc::new(Schema::new(fields))
+});
+
+/// The schema of curated files (without the `pickup_date` partition column).
+pub fn curated_schema() -> SchemaRef {
+    CURATED.clone()
+}
+
+/// Speed in miles per hour; `None` where it means nothing (no distance, no time).
+pub fn speed_mph(distance_miles: Option<f64>, duration_s: i64) -> Option<f64> {
+    match distance_miles {
+        Some(d) if d > 0.0 && duration_s > 0 => Some(d / (duration_s as f64 / 3600.0)),
+        _ => None,
+    }
+}
+
+fn int32s(batch: &RecordBatch, name: &str) -> Result<Int32Array> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned())
+        .ok_or_else(|| Error::schema_drift(name, "not a canonical int32 column"))
+}
+
+/// The transform of one clean batch, and the pickup date of each of its rows.
+pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(RecordBatch, Vec<NaiveDate>, u64)> {
+    let ts = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .ok_or_else(|| Error::schema_drift(name, "not a canonical timestamp column"))
+    };
+    let (pickup, dropoff) = (ts(col::PICKUP_AT)?, ts(col::DROPOFF_AT)?);
+    let distance = batch
+        .column_by_name(col::TRIP_DISTANCE)
+        .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+        .ok_or_else(|| Error::schema_drift(col::TRIP_DISTANCE, "not a canonical float64 column"))?;
+
+    let mut swapped = 0u64;
+    let mut swap_column = |name: &str| -> Result<ArrayRef> {
+        let ids = int32s(batch, name)?;
+        let out: Int32Array = ids
+            .iter()
+            .map(|id| {
+                id.map(|id| {
+                    let new = swaps.apply(id);
+                    swapped += u64::from(new != id);
+                    new
+                })
+            })
+            .collect();
+        Ok(Arc::new(out))
+    };
+    let pu = swap_column(col::PU_LOCATION_ID)?;
+    let dropoff_ids = swap_column(col::DO_LOCATION_ID)?;
+
+    let rows = batch.num_rows();
+    let mut durations = Vec::with_capacity(rows);
+    let mut speeds = Vec::with_capacity(rows);
+    let mut weeks = Vec::with_capacity(rows);
+    let mut dates = Vec::with_capacity(rows);
+    for row in 0..rows {
+        // Clean guarantees both timestamps are present and dropoff > pickup.
+        if pickup.is_null(row) || dropoff.is_null(row) {
+            return Err(Error::IntegrityError { key: "clean batch".into(), detail: "null timestamp after clean".into() });
+        }
+        let duration_s = (dropoff.value(row) - pickup.value(row)) / 1_000_000;
+        let date = DateTime::from_timestamp_micros(pickup.value(row))
+            .map(|t| t.date_naive())
+            .ok_or_else(|| Error::IntegrityError { key: "clean batch".into(), detail: "pickup out of range".into() })?;
+        durations.push(duration_s);
+        speeds.push(speed_mph(distance.is_valid(row).then(|| distance.value(row)), duration_s));
+        weeks.push(date.iso_week().week() as i32);
+        dates.push(date);
+    }
+
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(CURATED.fields().len());
+    for field in contract::canonical_schema().fields() {
+        let column = match field.name().as_str() {
+            col::PU_LOCATION_ID => pu.clone(),
+            col::DO_LOCATION_ID => dropoff_ids.clone(),
+            name => batch.column_by_name(name).cloned().ok_or_else(|| Error::schema_drift(name, "missing"))?,
+        };
+        columns.push(column);
+    }
+    columns.push(Arc::new(Int64Array::from(durations)));
+    columns.push(Arc::new(Float64Array::from(speeds)));
+    columns.push(Arc::new(Int32Array::from(weeks)));
+    let out = RecordBatch::try_new(curated_schema(), columns).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    Ok((out, dates, swapped))
+}
+
+/// Row indices of a batch grouped by pickup date.
+fn group_by_date(dates: &[NaiveDate]) -> BTreeMap<NaiveDate, Vec<u32>> {
+    let mut groups: BTreeMap<NaiveDate, Vec<u32>> = BTreeMap::new();
+    for (row, date) in dates.iter().enumerate() {
+        groups.entry(*date).or_default().push(row as u32);
+    }
+    groups
+}
+
+pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformOutput> {
+    let layout = Layout::new(input.dataset.clone(), input.period);
+    let store = &ctx.store;
+    let manifest =
+        Manifest::<CleanOutput>::read(store.as_ref(), &input.manifest_key, super::clean::STAGE, &layout.source_id()).await?;
+    if manifest.output.verdict != Verdict::Ok {
+        return Err(Error::InvalidInput(format!(
+            "clean's verdict for {} is {:?}: nothing to transform",
+            layout.source_id(),
+            manifest.output.verdict
+        )));
+    }
+    let Some(clean_entry) = manifest.objects.iter().find(|o| o.object.key == input.clean_key) else {
+        return Err(Error::IntegrityError {
+            key: input.clean_key.clone(),
+            detail: format!("not listed in the clean manifest {}", input.manifest_key),
+        });
+    };
+    crate::storage::verify_object(store.as_ref(), &clean_entry.object).await?;
+
+    info!(clean_key = %input.clean_key, "transform started");
+    let (_, mut stream) = open_stream(store, &input.clean_key, None).await?;
+    let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
+    let mut swapped = 0u64;
+    let written = async {
+        while let Some(batch) = stream.try_next().await.map_err(|e| decode_error(&input.clean_key, e))? {
+            let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
+            swapped += swapped_here;
+            for (date, rows) in group_by_date(&dates) {
+                let part = take_record_batch(&curated, &UInt32Array::from(rows)).map_err(|e| Error::InvalidInput(e.to_string()))?;
+                if !writers.contains_key(&date) {
+                    let sink =
+                        ParquetSink::create(store.as_ref(), &layout.curated_key(date), curated_schema(), ctx.config.row_group_rows)
+                            .await?;
+                    writers.insert(date, sink);
+                }
+                if let Some(writer) = writers.get_mut(&date) {
+                    writer.write(&part).await?;
+                }
+            }
+            // Keep the sum of all open writers' buffers within budget by flushing the largest.
+            while writers.values().map(ParquetSink::buffered_bytes).sum::<usize>() > ctx.config.write_buffer_bytes {
+                let Some(largest) = writers.values_mut().max_by_key(|w| w.buffered_bytes()) else { break };
+                largest.flush().await?;
+            }
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    if let Err(err) = written {
+        for (_, writer) in writers {
+            let _ = writer.abort().await;
+        }
+        return Err(err);
+    }
+
+    let mut objects = Vec::with_capacity(writers.len());
+    let mut pending = writers.into_iter();
+    while let Some((_, writer)) = pending.next() {
+        match writer.finish().await {
+            Ok((object, rows)) => objects.push(ManifestObject { object, rows }),
+            Err(err) => {
+                for (_, writer) in pending {
+                    let _ = writer.abort().await;
+                }
+                return Err(err);
+            }
+        }
+    }
+    let keep: Vec<String> = objects.iter().map(|o| o.object.key.clone()).collect();
+    let stale = delete_stale(store.as_ref(), &layout.curated_period_prefix(), &keep).await?;
+
+    let rows_curated: u64 = objects.iter().map(|o| o.rows).sum();
+    if rows_curated != manifest.output.rows_kept {
+        return Err(Error::IntegrityError {
+            key: input.clean_key.clone(),
+            detail: format!("curated {rows_curated} rows, clean kept {}", manifest.output.rows_kept),
+        });
+    }
+    let output = TransformOutput {
+        verdict: Verdict::Ok,
+        dataset: input.dataset,
+        period: input.period,
+        curated_prefix: layout.curated_prefix(),
+        manifest_key: layout.report_key(STAGE),
+        rows_curated,
+        partitions: objects.len(),
+        location_ids_swapped: swapped,
+    };
+    Manifest::new(STAGE, layout.source_id(), objects, output.clone()).write(store.as_ref(), &output.manifest_key).await?;
+    info!(rows_curated, partitions = output.partitions, location_ids_swapped = swapped, stale_partitions_removed = stale, "transform done");
+    Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::new_null_array;
+
+    #[test]
+    fn speed_is_distance_over_hours_and_null_without_distance() {
+        assert_eq!(speed_mph(Some(3.0), 1800), Some(6.0));
+        assert_eq!(speed_mph(Some(0.0), 1800), None);
+        assert_eq!(speed_mph(Some(-1.0), 1800), None);
+        assert_eq!(speed_mph(None, 1800), None);
+        assert_eq!(speed_mph(Some(1.0), 0), None);
+    }
+
+    #[test]
+    fn swaps_both_location_columns_and_derives_week_and_duration() {
+        let schema = contract::canonical_schema();
+        // 2021-03-07 23:30 (Sunday, ISO week 9) and 2021-03-08 00:10 (Monday, week 10).
+        let pickups = vec![1_615_159_800_000_000i64, 1_615_162_200_000_000];
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match f.name().as_str() {
+                    col::PICKUP_AT => Arc::new(TimestampMicrosecondArray::from(pickups.clone())),
+                    col::DROPOFF_AT => Arc::new(TimestampMicrosecondArray::from(
+                        pickups.iter().map(|p| p + 600_000_000).collect::<Vec<_>>(),
+                    )),
+                    col::PU_LOCATION_ID => Arc::new(Int32Array::from(vec![161, 100])),
+                    col::DO_LOCATION_ID => Arc::new(Int32Array::from(vec![237, 161])),
+                    col::TRIP_DISTANCE => Arc::new(Float64Array::from(vec![Some(2.0), Some(0.0)])),
+                    _ => new_null_array(f.data_type(), 2),
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema, columns).unwrap();
+        let (out, dates, swapped) = transform_batch(&batch, &LocationSwaps::default()).unwrap();
+        assert_eq!(swapped, 3);
+        assert_eq!(int32s(&out, col::PU_LOCATION_ID).unwrap().values().to_vec(), vec![237, 100]);
+        assert_eq!(int32s(&out, col::DO_LOCATION_ID).unwrap().values().to_vec(), vec![161, 237]);
+        assert_eq!(int32s(&out, PICKUP_WEEK).unwrap().values().to_vec(), vec![9, 10]);
+        let speed = out.column_by_name(SPEED_MPH).unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(speed.value(0), 12.0);
+        assert!(speed.is_null(1));
+        assert_eq!(dates.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["2021-03-07", "2021-03-08"]);
+        assert_eq!(group_by_date(&dates).len(), 2);
+    }
+}

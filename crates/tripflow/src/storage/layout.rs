@@ -1,0 +1,93 @@
+//! The key layout of the zones. Keys carry dataset and period so reruns of the same source land on the
+//! same keys (idempotent) and different months never collide.
+//!
+//! ```text
+//! landing/yellow_tripdata_2021-03.parquet                         what arrives
+//! raw/yellow/2021-03/yellow_tripdata_2021-03.parquet              byte-exact copy, MD5-checked
+//! clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet     rows that passed the rules
+//! quarantine/yellow/period=2021-03/yellow_tripdata_2021-03.parquet rejected rows + reject_reason
+//! curated/yellow/pickup_date=2021-03-01/yellow_tripdata_2021-03.parquet   analyst-ready
+//! reports/yellow/2021-03/{ingest,clean,transform,load}.json       manifests and reports
+//! ```
+
+use chrono::NaiveDate;
+
+use crate::period::Period;
+
+pub const LANDING: &str = "landing/";
+pub const RAW: &str = "raw/";
+pub const CLEAN: &str = "clean/";
+pub const QUARANTINE: &str = "quarantine/";
+pub const CURATED: &str = "curated/";
+pub const REPORTS: &str = "reports/";
+
+/// The keys of one source (dataset + period).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub dataset: String,
+    pub period: Period,
+}
+
+impl Layout {
+    pub fn new(dataset: impl Into<String>, period: Period) -> Self {
+        Layout { dataset: dataset.into(), period }
+    }
+
+    /// `yellow/2021-03`: how the database and the reports name this source.
+    pub fn source_id(&self) -> String {
+        format!("{}/{}", self.dataset, self.period)
+    }
+
+    fn file_name(&self) -> String {
+        format!("{}_tripdata_{}.parquet", self.dataset, self.period)
+    }
+
+    pub fn raw_key(&self) -> String {
+        format!("{RAW}{}/{}/{}", self.dataset, self.period, self.file_name())
+    }
+
+    pub fn clean_key(&self) -> String {
+        format!("{CLEAN}{}/period={}/{}", self.dataset, self.period, self.file_name())
+    }
+
+    pub fn quarantine_key(&self) -> String {
+        format!("{QUARANTINE}{}/period={}/{}", self.dataset, self.period, self.file_name())
+    }
+
+    /// The curated table's root: one table per dataset, partitioned by pickup date.
+    pub fn curated_prefix(&self) -> String {
+        format!("{CURATED}{}/", self.dataset)
+    }
+
+    /// Every curated partition of this period starts with this (`pickup_date=2021-03-`).
+    pub fn curated_period_prefix(&self) -> String {
+        format!("{}pickup_date={}-", self.curated_prefix(), self.period)
+    }
+
+    pub fn curated_key(&self, pickup_date: NaiveDate) -> String {
+        format!("{}pickup_date={}/{}", self.curated_prefix(), pickup_date.format("%Y-%m-%d"), self.file_name())
+    }
+
+    pub fn report_key(&self, stage: &str) -> String {
+        format!("{REPORTS}{}/{}/{stage}.json", self.dataset, self.period)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let layout = Layout::new("yellow", "2021-03".parse().unwrap());
+        assert_eq!(layout.raw_key(), "raw/yellow/2021-03/yellow_tripdata_2021-03.parquet");
+        assert_eq!(layout.clean_key(), "clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet");
+        assert_eq!(
+            layout.curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap()),
+            "curated/yellow/pickup_date=2021-03-07/yellow_tripdata_2021-03.parquet"
+        );
+        assert!(layout.curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap()).starts_with(&layout.curated_period_prefix()));
+        assert_eq!(layout.report_key("clean"), "reports/yellow/2021-03/clean.json");
+        assert_eq!(layout.source_id(), "yellow/2021-03");
+    }
+}

@@ -1,0 +1,245 @@
+//! A local folder as the object store: what `tripflow run` uses, and what tests use where S3 is
+//! beside the point. Keys are relative paths under the root.
+
+use std::io::ErrorKind;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::fs;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{ByteStream, ObjectInfo, ObjectSink, ObjectStore};
+use crate::checksum::Md5Counter;
+use crate::error::{Error, Result};
+
+const CHUNK_BYTES: usize = 1 << 20;
+/// Writes in progress live here, outside every zone, and are renamed into place on finish.
+const STAGING_DIR: &str = ".staging";
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the folder that holds the zones.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(root.join(STAGING_DIR)).map_err(|e| Error::storage("creating", root.display().to_string(), e))?;
+        let root = root.canonicalize().map_err(|e| Error::storage("opening", root.display().to_string(), e))?;
+        Ok(LocalStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file behind `key`. Keys that would escape the root are refused.
+    pub fn path_of(&self, key: &str) -> Result<PathBuf> {
+        let relative = Path::new(key);
+        let safe = !key.is_empty()
+            && relative.components().all(|c| matches!(c, Component::Normal(_)))
+            && !key.starts_with(STAGING_DIR);
+        if !safe {
+            return Err(Error::InvalidInput(format!("{key:?} is not a valid object key")));
+        }
+        Ok(self.root.join(relative))
+    }
+}
+
+fn not_found_or(err: std::io::Error, action: &'static str, key: &str) -> Error {
+    if err.kind() == ErrorKind::NotFound {
+        Error::ObjectNotFound { key: key.to_string() }
+    } else {
+        Error::storage(action, key, err)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        match fs::metadata(self.path_of(key)?).await {
+            Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::storage("inspecting", key, e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream> {
+        let file = fs::File::open(self.path_of(key)?).await.map_err(|e| not_found_or(e, "reading", key))?;
+        let key = key.to_string();
+        let stream = futures::stream::try_unfold((file, key), |(mut file, key)| async move {
+            let mut buf = BytesMut::zeroed(CHUNK_BYTES);
+            let read = file.read(&mut buf).await.map_err(|e| Error::storage("reading", key.clone(), e))?;
+            if read == 0 {
+                return Ok(None);
+            }
+            buf.truncate(read);
+            Ok(Some((buf.freeze(), (file, key))))
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let mut file = fs::File::open(self.path_of(key)?).await.map_err(|e| not_found_or(e, "reading", key))?;
+        file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(|e| Error::storage("seeking", key, e))?;
+        let len = usize::try_from(range.end.saturating_sub(range.start))
+            .map_err(|_| Error::InvalidInput(format!("range {range:?} too large")))?;
+        let mut buf = vec![0u8; len];
+        file.read_exact(&mut buf).await.map_err(|e| Error::storage("reading range of", key, e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectSink>> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let target = self.path_of(key)?;
+        let staging = self.root.join(STAGING_DIR).join(format!(
+            "{}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            crate::period::file_name_of(key)
+        ));
+        let file = fs::File::create(&staging).await.map_err(|e| Error::storage("creating", key, e))?;
+        Ok(Box::new(LocalSink { key: key.to_string(), target, staging, file, md5: Md5Counter::new() }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        // Walk from the deepest existing folder the prefix names, then filter by the full prefix.
+        let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.path_of(dir_part)? };
+        let mut keys = Vec::new();
+        let mut pending = vec![start];
+        while let Some(dir) = pending.pop() {
+            let mut entries = match fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::storage("listing", prefix, e)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(|e| Error::storage("listing", prefix, e))? {
+                let path = entry.path();
+                let Ok(relative) = path.strip_prefix(&self.root) else { continue };
+                let key = relative.to_string_lossy().replace('\\', "/");
+                if key.starts_with(STAGING_DIR) {
+                    continue;
+                }
+                let file_type = entry.file_type().await.map_err(|e| Error::storage("listing", prefix, e))?;
+                if file_type.is_dir() {
+                    if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) {
+                        pending.push(path);
+                    }
+                } else if key.starts_with(prefix) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        match fs::remove_file(self.path_of(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::storage("deleting", key, e)),
+        }
+    }
+}
+
+struct LocalSink {
+    key: String,
+    target: PathBuf,
+    staging: PathBuf,
+    file: fs::File,
+    md5: Md5Counter,
+}
+
+#[async_trait]
+impl ObjectSink for LocalSink {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.md5.update(&chunk);
+        self.file.write_all(&chunk).await.map_err(|e| Error::storage("writing", self.key.clone(), e))
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
+        let key = self.key.clone();
+        let publish = async {
+            self.file.flush().await?;
+            self.file.sync_all().await?;
+            if let Some(parent) = self.target.parent() {
+                fs::create_dir_all(parent).await?;
+            }
+            // rename(2) within one filesystem is atomic: readers see the old object or the new one.
+            fs::rename(&self.staging, &self.target).await
+        };
+        if let Err(e) = publish.await {
+            let _ = fs::remove_file(&self.staging).await;
+            return Err(Error::storage("publishing", key, e));
+        }
+        let size_bytes = self.md5.bytes();
+        Ok(ObjectInfo { key, size_bytes, md5: self.md5.clone().finish_hex() })
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        match fs::remove_file(&self.staging).await {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::storage("aborting", self.key.clone(), e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalSink {
+    fn drop(&mut self) {
+        // A sink dropped without finish (an error unwound past it) must not leave staging litter.
+        // After finish the staging file has been renamed away and this is a harmless miss.
+        let _ = std::fs::remove_file(&self.staging);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{get_bytes, md5_of, put_bytes};
+
+    #[tokio::test]
+    async fn object_is_invisible_until_finish_and_gone_after_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let mut sink = store.create("raw/a/b.parquet").await.unwrap();
+        sink.write(Bytes::from_static(b"hello")).await.unwrap();
+        assert_eq!(store.size("raw/a/b.parquet").await.unwrap(), None);
+        let info = sink.finish().await.unwrap();
+        assert_eq!(info.size_bytes, 5);
+        assert_eq!(info.md5, "5d41402abc4b2a76b9719d911017c592");
+        assert_eq!(md5_of(&store, "raw/a/b.parquet").await.unwrap(), info);
+
+        let mut sink = store.create("raw/a/c.parquet").await.unwrap();
+        sink.write(Bytes::from_static(b"partial")).await.unwrap();
+        sink.abort().await.unwrap();
+        assert_eq!(store.list("raw/").await.unwrap(), vec!["raw/a/b.parquet".to_string()]);
+        assert_eq!(std::fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn list_filters_by_partial_prefix_and_ranges_read_exact_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        for key in ["curated/y/pickup_date=2021-03-01/f", "curated/y/pickup_date=2021-04-01/f", "raw/x"] {
+            put_bytes(&store, key, Bytes::from_static(b"0123456789")).await.unwrap();
+        }
+        assert_eq!(store.list("curated/y/pickup_date=2021-03-").await.unwrap(), vec!["curated/y/pickup_date=2021-03-01/f"]);
+        assert_eq!(store.get_range("raw/x", 2..5).await.unwrap(), Bytes::from_static(b"234"));
+        assert_eq!(get_bytes(&store, "raw/x").await.unwrap().len(), 10);
+        assert!(matches!(store.get("raw/missing").await, Err(Error::ObjectNotFound { .. })));
+        assert!(store.path_of("../etc/passwd").is_err());
+        store.delete("raw/x").await.unwrap();
+        store.delete("raw/x").await.unwrap();
+    }
+}

@@ -1,0 +1,140 @@
+//! Where the zones live. One bucket-like root, keys with `/`; a local folder here, Amazon S3 in
+//! `tripflow-aws`. The stages only speak to [`ObjectStore`], so the local runner and the Lambdas
+//! share every line of stage code.
+//!
+//! Writes are all-or-nothing: an [`ObjectSink`] publishes its object only on [`ObjectSink::finish`];
+//! an aborted or dropped sink leaves no object behind. That is how a failed stage leaves no
+//! half-written output.
+
+pub mod layout;
+mod local;
+
+use std::fmt::Debug;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+pub use layout::Layout;
+pub use local::LocalStore;
+
+use crate::checksum::Md5Counter;
+use crate::error::{Error, Result};
+
+/// A stream of body chunks.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// What a finished write produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size_bytes: u64,
+    pub md5: String,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + Debug {
+    /// A URL-like description for logs and messages (`file:///data`, `s3://bucket`).
+    fn describe(&self) -> String;
+
+    /// The object's size, or `None` if it does not exist.
+    async fn size(&self, key: &str) -> Result<Option<u64>>;
+
+    /// The whole object as a stream of chunks. `ObjectNotFound` if absent.
+    async fn get(&self, key: &str) -> Result<ByteStream>;
+
+    /// One byte range (end exclusive). Parquet reads go through here so only needed columns travel.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+
+    /// Starts an all-or-nothing write of `key`.
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectSink>>;
+
+    /// Every key under `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Removes `key`; absent keys are not an error (reruns delete what may already be gone).
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// An object being written. Nothing is visible under its key until `finish` returns.
+#[async_trait]
+pub trait ObjectSink: Send {
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+
+    /// Publishes the object and returns its size and MD5.
+    async fn finish(self: Box<Self>) -> Result<ObjectInfo>;
+
+    /// Throws the partial object away.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// Small whole-object helpers shared by every store.
+pub async fn put_bytes(store: &dyn ObjectStore, key: &str, body: Bytes) -> Result<ObjectInfo> {
+    let mut sink = store.create(key).await?;
+    if let Err(err) = sink.write(body).await {
+        let _ = sink.abort().await;
+        return Err(err);
+    }
+    sink.finish().await
+}
+
+pub async fn put_json<T: Serialize>(store: &dyn ObjectStore, key: &str, value: &T) -> Result<ObjectInfo> {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| Error::InvalidInput(format!("serialising {key}: {e}")))?;
+    put_bytes(store, key, Bytes::from(body)).await
+}
+
+pub async fn get_bytes(store: &dyn ObjectStore, key: &str) -> Result<Bytes> {
+    use futures::TryStreamExt;
+    let chunks: Vec<Bytes> = store.get(key).await?.try_collect().await?;
+    Ok(Bytes::from(chunks.concat()))
+}
+
+pub async fn get_json<T: for<'de> Deserialize<'de>>(store: &dyn ObjectStore, key: &str) -> Result<T> {
+    let body = get_bytes(store, key).await?;
+    serde_json::from_slice(&body).map_err(|e| Error::IntegrityError { key: key.to_string(), detail: e.to_string() })
+}
+
+/// Streams the object through MD5 without keeping it. Used to verify an input against its manifest.
+pub async fn md5_of(store: &dyn ObjectStore, key: &str) -> Result<ObjectInfo> {
+    use futures::TryStreamExt;
+    let mut stream = store.get(key).await?;
+    let mut md5 = Md5Counter::new();
+    while let Some(chunk) = stream.try_next().await? {
+        md5.update(&chunk);
+    }
+    Ok(ObjectInfo { key: key.to_string(), size_bytes: md5.bytes(), md5: md5.finish_hex() })
+}
+
+/// Fails with `IntegrityError` unless `key` still has the size and MD5 a manifest recorded.
+pub async fn verify_object(store: &dyn ObjectStore, expected: &ObjectInfo) -> Result<()> {
+    let actual = match md5_of(store, &expected.key).await {
+        Err(Error::ObjectNotFound { key }) => {
+            return Err(Error::IntegrityError { key, detail: "listed in the manifest but missing from the store".into() });
+        }
+        other => other?,
+    };
+    if actual.md5 != expected.md5 || actual.size_bytes != expected.size_bytes {
+        return Err(Error::IntegrityError {
+            key: expected.key.clone(),
+            detail: format!(
+                "manifest says {} bytes with MD5 {}, store has {} bytes with MD5 {}",
+                expected.size_bytes, expected.md5, actual.size_bytes, actual.md5
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Deletes every key under `prefix` that is not in `keep`: what a rerun leaves of a previous, larger output.
+pub async fn delete_stale(store: &dyn ObjectStore, prefix: &str, keep: &[String]) -> Result<usize> {
+    let mut deleted = 0;
+    for key in store.list(prefix).await? {
+        if !keep.contains(&key) {
+            store.delete(&key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
