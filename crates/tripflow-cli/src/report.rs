@@ -54,6 +54,9 @@ pub fn summary_text(s: &RunSummary) -> String {
         "  time        ingest {:.2}s, clean {:.2}s, transform {:.2}s, load {:.2}s, queries {:.2}s",
         t.ingest, t.clean, t.transform, t.load, t.queries
     );
+    if let Some(bytes) = s.peak_rss_bytes {
+        let _ = writeln!(out, "  peak memory {:.0} MiB resident", bytes as f64 / (1024.0 * 1024.0));
+    }
     out.push_str(&answers_text(&s.source_id, &Answers { avg_speed_mph: s.avg_speed_mph, weekly_top5: s.weekly_top5.clone() }));
     out
 }

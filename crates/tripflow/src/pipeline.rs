@@ -28,6 +28,8 @@ pub struct RunSummary {
     pub avg_speed_mph: Option<f64>,
     pub weekly_top5: Vec<WeeklySlowPickup>,
     pub stage_seconds: StageSeconds,
+    /// Peak resident memory of this process so far (Linux; `None` elsewhere).
+    pub peak_rss_bytes: Option<u64>,
     pub ingest: IngestOutput,
     pub clean: CleanOutput,
     pub transform: TransformOutput,
@@ -116,9 +118,18 @@ pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput
         avg_speed_mph,
         weekly_top5,
         stage_seconds: seconds,
+        peak_rss_bytes: peak_rss_bytes(),
         ingest: ingested,
         clean: cleaned,
         transform: transformed,
         load: loaded,
     })
+}
+
+/// The process's peak resident set size (`VmHWM`), for the run summary and the benchmark.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::parquet_io::{decode_error, open_stream};
 use crate::period::Period;
-use crate::storage::{Layout, md5_of};
+use crate::storage::{Layout, md5_of, put_json};
 
 pub const STAGE: &str = "load";
 
@@ -232,7 +232,7 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     .map_err(classify)?;
     tx.commit().await.map_err(classify)?;
     info!(%source_id, rows_loaded, rows_replaced, copied, "load done");
-    Ok(LoadOutput {
+    let output = LoadOutput {
         verdict: Verdict::Ok,
         dataset: input.dataset,
         period: input.period,
@@ -241,7 +241,10 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
         rows_loaded,
         rows_replaced,
         table: TRIPS_TABLE.to_string(),
-    })
+    };
+    // Committed already: a failure here is retried, and the retry replaces the rows again, harmlessly.
+    put_json(store.as_ref(), &layout.report_key(STAGE), &output).await?;
+    Ok(output)
 }
 
 #[cfg(test)]

@@ -1,0 +1,54 @@
+//! A throwaway PostgreSQL cluster per test: created in a temp folder, stopped and removed on drop.
+
+use tempfile::TempDir;
+use tripflow::db::local::LocalPostgres;
+
+pub struct TestPostgres {
+    cluster: LocalPostgres,
+    url: String,
+    // Held so the cluster's files live as long as the server.
+    _dir: TempDir,
+}
+
+impl TestPostgres {
+    /// Starts a fresh cluster with an empty `tripflow` database.
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("tripflow-pg-").tempdir().expect("temp dir");
+        let cluster = LocalPostgres::ensure_running(&dir.path().join("cluster"))
+            .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the test: {e}"));
+        let url = cluster.ensure_database("tripflow").await.expect("create database");
+        TestPostgres { cluster, url, _dir: dir }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        tripflow::db::connect(&self.url).await.expect("connect to the test cluster")
+    }
+
+    /// Rows of `source_id` in the trips table (0 when the table does not exist yet).
+    pub async fn trip_count(&self, source_id: &str) -> i64 {
+        let client = self.client().await;
+        let exists: bool = client
+            .query_one("SELECT to_regclass('tripflow.trips') IS NOT NULL", &[])
+            .await
+            .expect("query")
+            .get(0);
+        if !exists {
+            return 0;
+        }
+        client
+            .query_one("SELECT count(*) FROM tripflow.trips WHERE source_id = $1", &[&source_id])
+            .await
+            .expect("count")
+            .get(0)
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let _ = self.cluster.stop();
+    }
+}
