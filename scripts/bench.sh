@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 rows_list=("$@")
 [ ${#rows_list[@]} -gt 0 ] || rows_list=(500000 1900000)
 
-cargo build --release --locked -p tripflow-cli >&2
+cargo build --release -p tripflow-cli >&2
 bin=target/release/tripflow
 work=$(mktemp -d "${TMPDIR:-/tmp}/tripflow-bench.XXXXXX")
+chmod 755 "$work" # as root, the private PostgreSQL runs as another user who must reach its folder
 trap '"$bin" db stop --data-dir "$work/data" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
 printf '%-9s %-8s %-8s %-7s %-9s %-6s %-6s %-9s %s\n' rows "MiB" ingest clean transform load total "peak RSS" "rows/s (clean+transform)"
@@ -22,7 +23,7 @@ for rows in "${rows_list[@]}"; do
     rm -rf "$work/data"
     src="$work/yellow_tripdata_2021-03.parquet"
     "$bin" gen --month 2021-03 --rows "$rows" "$src" >/dev/null
-    json=$("$bin" run "$src" --data-dir "$work/data" --json 2>/dev/null)
+    json=$("$bin" run "$src" --data-dir "$work/data" --json 2>"$work/run.log") || { cat "$work/run.log" >&2; exit 1; }
     python3 - "$rows" "$src" <<PY
 import json, os, sys
 s = json.loads('''$json''')

@@ -196,9 +196,9 @@ impl ParquetSink {
         self.writer.write(batch).await.map_err(|e| decode_error(&self.key, e))
     }
 
-    /// Bytes buffered in memory for the current row group.
+    /// Memory held for the current row group: encoded pages plus values not yet encoded.
     pub fn buffered_bytes(&self) -> usize {
-        self.writer.in_progress_size()
+        self.writer.memory_size()
     }
 
     /// Ends the current row group early, to bound memory.

@@ -52,6 +52,7 @@ pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput
     let mut lap = |slot: &mut f64| {
         *slot = timer.elapsed().as_secs_f64();
         timer = Instant::now();
+        tracing::debug!(seconds = *slot, peak_rss_bytes = peak_rss_bytes(), "stage finished");
     };
 
     let source = input.source.clone();

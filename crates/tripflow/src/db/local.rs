@@ -76,6 +76,23 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>> {
         .ok_or_else(|| unavailable("running as root and no `postgres` or `nobody` user to run PostgreSQL as"))
 }
 
+/// As root the server runs as another user, who must be able to walk down to its folder.
+fn check_reachable(dir: &Path, uid: u32) -> Result<()> {
+    for ancestor in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(ancestor) else { continue };
+        let traversable = meta.mode() & 0o001 != 0 || (meta.uid() == uid && meta.mode() & 0o100 != 0);
+        if !traversable {
+            return Err(unavailable(format!(
+                "PostgreSQL refuses to run as root, so the private cluster runs as uid {uid}, which cannot enter {}: \
+                 make it traversable (chmod o+x {}), choose another --data-dir, or pass --database-url",
+                ancestor.display(),
+                ancestor.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| unavailable(format!("no free port: {e}")))?;
     listener.local_addr().map(|a| a.port()).map_err(|e| unavailable(e.to_string()))
@@ -89,6 +106,7 @@ impl LocalPostgres {
         std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("creating {}: {e}", dir.display())))?;
         let dir = dir.canonicalize().map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         if let Some((uid, gid)) = run_as {
+            check_reachable(&dir, uid)?;
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| unavailable(format!("handing {} to the postgres user: {e}", dir.display())))?;
         }
