@@ -39,18 +39,34 @@ impl Setup {
     async fn with_config(config: PipelineConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalStore::open(dir.path().join("zones")).unwrap());
-        Setup { ctx: StageContext::new(store, config), pg: TestPostgres::start().await, dir }
+        Setup {
+            ctx: StageContext::new(store, config),
+            pg: TestPostgres::start().await,
+            dir,
+        }
     }
 
     fn generate(&self, month: &str, rows: usize, seed: u64) -> std::path::PathBuf {
         let path = self.dir.path().join(format!("yellow_tripdata_{month}.parquet"));
-        write_month(&path, GenSpec { period: month.parse().unwrap(), rows, seed }).unwrap();
+        write_month(
+            &path,
+            GenSpec {
+                period: month.parse().unwrap(),
+                rows,
+                seed,
+            },
+        )
+        .unwrap();
         path
     }
 
     async fn run(&self, source: &Path, md5: Option<&str>) -> Result<RunSummary> {
         let mut client = self.pg.client().await;
-        let input = IngestInput { source: source.display().to_string(), expected_md5: md5.map(str::to_string), period: None };
+        let input = IngestInput {
+            source: source.display().to_string(),
+            expected_md5: md5.map(str::to_string),
+            period: None,
+        };
         run_all(&self.ctx, &mut client, input).await
     }
 
@@ -74,16 +90,33 @@ struct Expected {
 
 fn expected_from_file(path: &Path, period: Period) -> Expected {
     let (start, end) = period.bounds_micros();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap().build().unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
     let mut e = Expected::default();
     let (mut distance_sum, mut seconds_sum) = (0.0f64, 0i64);
     let mut valid_trips: Vec<(i32, i64, f64)> = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
-        let ts = |name: &str| batch.column_by_name(name).unwrap().as_primitive::<TimestampMicrosecondType>().clone();
+        let ts = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone()
+        };
         let (pickup, dropoff) = (ts("tpep_pickup_datetime"), ts("tpep_dropoff_datetime"));
-        let distance = batch.column_by_name("trip_distance").unwrap().as_primitive::<Float64Type>().clone();
-        let pu = batch.column_by_name("PULocationID").unwrap().as_primitive::<Int64Type>().clone();
+        let distance = batch
+            .column_by_name("trip_distance")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone();
+        let pu = batch
+            .column_by_name("PULocationID")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone();
         for i in 0..batch.num_rows() {
             e.rows_in += 1;
             if pickup.is_null(i) || dropoff.is_null(i) {
@@ -105,7 +138,11 @@ fn expected_from_file(path: &Path, period: Period) -> Expected {
             if miles > 0.0 && seconds > 0 {
                 distance_sum += miles;
                 seconds_sum += seconds;
-                let week = DateTime::from_timestamp_micros(p).unwrap().date_naive().iso_week().week() as i32;
+                let week = DateTime::from_timestamp_micros(p)
+                    .unwrap()
+                    .date_naive()
+                    .iso_week()
+                    .week() as i32;
                 let location = match pu.value(i) {
                     161 => 237,
                     237 => 161,
@@ -152,23 +189,49 @@ async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answ
 
     assert_eq!(summary.rows_in, expected.rows_in);
     assert_eq!(summary.rows_rejected.null_timestamp, expected.null_timestamp);
-    assert_eq!(summary.rows_rejected.non_positive_duration, expected.non_positive_duration);
+    assert_eq!(
+        summary.rows_rejected.non_positive_duration,
+        expected.non_positive_duration
+    );
     assert_eq!(summary.rows_rejected.outside_period, expected.outside_period);
     assert_eq!(summary.rows_kept, expected.kept);
-    assert_eq!(summary.rows_kept + summary.rows_rejected.total(), summary.rows_in, "every row accounted for");
+    assert_eq!(
+        summary.rows_kept + summary.rows_rejected.total(),
+        summary.rows_in,
+        "every row accounted for"
+    );
     assert!(expected.null_timestamp > 0 && expected.non_positive_duration > 0 && expected.outside_period > 0);
     assert_eq!(summary.rows_curated, expected.kept);
     assert_eq!(summary.rows_loaded, expected.kept);
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, expected.kept);
 
     let avg = summary.avg_speed_mph.unwrap();
-    assert!((avg - expected.avg_speed_mph).abs() < 1e-9 * expected.avg_speed_mph, "{avg} vs {}", expected.avg_speed_mph);
+    assert!(
+        (avg - expected.avg_speed_mph).abs() < 1e-9 * expected.avg_speed_mph,
+        "{avg} vs {}",
+        expected.avg_speed_mph
+    );
     assert_eq!(summary.weekly_top5, expected.weekly_top5);
-    assert_eq!(summary.weekly_top5.iter().map(|w| w.week).collect::<std::collections::BTreeSet<_>>().len(), 5, "ISO weeks 9-13");
+    assert_eq!(
+        summary
+            .weekly_top5
+            .iter()
+            .map(|w| w.week)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        5,
+        "ISO weeks 9-13"
+    );
 
     // Zones as documented: one raw copy, one clean file, quarantine with the rejects, daily partitions.
-    assert_eq!(setup.keys("raw/").await, ["raw/yellow/2021-03/yellow_tripdata_2021-03.parquet"]);
-    assert_eq!(setup.keys("clean/").await, ["clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet"]);
+    assert_eq!(
+        setup.keys("raw/").await,
+        ["raw/yellow/2021-03/yellow_tripdata_2021-03.parquet"]
+    );
+    assert_eq!(
+        setup.keys("clean/").await,
+        ["clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet"]
+    );
     assert_eq!(setup.keys("quarantine/").await.len(), 1);
     assert_eq!(setup.keys("curated/yellow/pickup_date=2021-03-").await.len(), 31);
     assert_eq!(setup.keys("reports/").await.len(), 4);
@@ -194,7 +257,14 @@ async fn rerun_of_same_file_leaves_one_copy_of_each_trip() {
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, first.rows_loaded);
     assert_eq!(second.avg_speed_mph, first.avg_speed_mph);
     assert_eq!(second.weekly_top5, first.weekly_top5);
-    let runs: i64 = setup.pg.client().await.query_one("SELECT count(*) FROM tripflow.load_runs", &[]).await.unwrap().get(0);
+    let runs: i64 = setup
+        .pg
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM tripflow.load_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(runs, 2);
     assert_eq!(setup.keys("curated/").await.len(), 31);
 }
@@ -204,9 +274,16 @@ async fn two_loads_of_the_same_source_at_once_are_serialised() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 20_000, 9);
     let summary = setup.run(&source, None).await.unwrap();
-    let input = LoadInput { dataset: "yellow".into(), period: summary.load.period, manifest_key: summary.transform.manifest_key.clone() };
+    let input = LoadInput {
+        dataset: "yellow".into(),
+        period: summary.load.period,
+        manifest_key: summary.transform.manifest_key.clone(),
+    };
     let (mut a, mut b) = (setup.pg.client().await, setup.pg.client().await);
-    let (ra, rb) = tokio::join!(load::run(&setup.ctx, &mut a, input.clone()), load::run(&setup.ctx, &mut b, input));
+    let (ra, rb) = tokio::join!(
+        load::run(&setup.ctx, &mut a, input.clone()),
+        load::run(&setup.ctx, &mut b, input)
+    );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     // The second to take the lock saw the first one's rows, never a mix.
     assert_eq!(ra.rows_replaced + rb.rows_replaced, 2 * summary.rows_loaded);
@@ -220,12 +297,18 @@ async fn another_month_in_the_same_database_keeps_its_own_rows() {
     let april = setup.run(&setup.generate("2021-04", 12_000, 2), None).await.unwrap();
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, march.rows_loaded);
     assert_eq!(setup.pg.trip_count("yellow/2021-04").await as u64, april.rows_loaded);
-    assert_eq!(april.weekly_top5.first().map(|w| w.week), Some(13), "April 2021 starts in ISO week 13");
+    assert_eq!(
+        april.weekly_top5.first().map(|w| w.week),
+        Some(13),
+        "April 2021 starts in ISO week 13"
+    );
 }
 
 #[tokio::test]
 async fn the_real_march_2021_sample_loads_with_its_known_defects_rejected() {
-    let Some(source) = shared_file("yellow_tripdata_2021-03_head999.parquet") else { return };
+    let Some(source) = shared_file("yellow_tripdata_2021-03_head999.parquet") else {
+        return;
+    };
     let setup = Setup::new().await;
     let expected = expected_from_file(&source, "2021-03".parse().unwrap());
     let summary = setup.run(&source, None).await.unwrap();
@@ -235,14 +318,19 @@ async fn the_real_march_2021_sample_loads_with_its_known_defects_rejected() {
     assert_eq!(summary.rows_rejected.non_positive_duration, 2);
     assert_eq!(summary.rows_rejected.null_timestamp, 0);
     assert_eq!(summary.rows_loaded, 990);
-    assert_eq!(summary.ingest.schema_variant, "ids=int64 timestamps=us counts=float64 airport_fee=airport_fee");
+    assert_eq!(
+        summary.ingest.schema_variant,
+        "ids=int64 timestamps=us counts=float64 airport_fee=airport_fee"
+    );
     assert!((summary.avg_speed_mph.unwrap() - expected.avg_speed_mph).abs() < 1e-9 * expected.avg_speed_mph);
     assert_eq!(summary.weekly_top5, expected.weekly_top5);
 }
 
 #[tokio::test]
 async fn the_real_2025_sample_with_its_later_schema_variant_loads_too() {
-    let Some(source) = shared_file("yellow_tripdata_2025-01_head10k.parquet") else { return };
+    let Some(source) = shared_file("yellow_tripdata_2025-01_head10k.parquet") else {
+        return;
+    };
     let setup = Setup::new().await;
     let summary = setup.run(&source, None).await.unwrap();
     assert_eq!(summary.rows_in, 10_000);
@@ -250,7 +338,10 @@ async fn the_real_2025_sample_with_its_later_schema_variant_loads_too() {
         summary.ingest.schema_variant,
         "ids=int32 timestamps=ns counts=float64 airport_fee=Airport_fee extra=cbd_congestion_fee"
     );
-    assert!(summary.rows_rejected.outside_period > 0, "the sample has pickups from 2024-12-31");
+    assert!(
+        summary.rows_rejected.outside_period > 0,
+        "the sample has pickups from 2024-12-31"
+    );
     assert_eq!(summary.rows_loaded + summary.rows_rejected.total(), 10_000);
     let fees: i64 = setup
         .pg
@@ -277,9 +368,19 @@ async fn assert_rejected_cleanly(setup: &Setup, source: &Path, md5: Option<&str>
 async fn a_checksum_mismatch_keeps_nothing() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 5_000, 3);
-    assert_rejected_cleanly(&setup, &source, Some("00000000000000000000000000000000"), "ChecksumMismatch").await;
+    assert_rejected_cleanly(
+        &setup,
+        &source,
+        Some("00000000000000000000000000000000"),
+        "ChecksumMismatch",
+    )
+    .await;
     // A sidecar says the same thing the flag does.
-    std::fs::write(source.with_extension("parquet.md5"), "ffffffffffffffffffffffffffffffff  yellow_tripdata_2021-03.parquet\n").unwrap();
+    std::fs::write(
+        source.with_extension("parquet.md5"),
+        "ffffffffffffffffffffffffffffffff  yellow_tripdata_2021-03.parquet\n",
+    )
+    .unwrap();
     assert_rejected_cleanly(&setup, &source, None, "ChecksumMismatch").await;
 }
 
@@ -339,11 +440,15 @@ async fn a_green_taxi_file_is_schema_drift() {
         Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_600_000_000])),
     ];
     let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&source).unwrap(), schema, None).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&source).unwrap(), schema, None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     let err = setup.run(&source, None).await.unwrap_err();
-    assert!(matches!(&err, Error::SchemaDrift(d) if d.column == "tpep_pickup_datetime" && d.found.contains("green-taxi")), "{err}");
+    assert!(
+        matches!(&err, Error::SchemaDrift(d) if d.column == "tpep_pickup_datetime" && d.found.contains("green-taxi")),
+        "{err}"
+    );
     assert_rejected_cleanly(&setup, &source, None, "SchemaDrift").await;
 }
 
@@ -358,7 +463,10 @@ async fn a_file_without_a_month_in_its_name_is_unknown_period() {
 
 #[tokio::test]
 async fn too_many_rejected_rows_publishes_quarantine_but_no_clean_file() {
-    let config = PipelineConfig { max_rejected_ratio: 0.0001, ..PipelineConfig::default() };
+    let config = PipelineConfig {
+        max_rejected_ratio: 0.0001,
+        ..PipelineConfig::default()
+    };
     let setup = Setup::with_config(config).await;
     let source = setup.generate("2021-03", 20_000, 4);
     let err = setup.run(&source, None).await.unwrap_err();
@@ -374,7 +482,10 @@ async fn a_raw_file_changed_after_ingest_is_an_integrity_error() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 5_000, 3);
     setup.run(&source, None).await.unwrap();
-    let raw = setup.dir.path().join("zones/raw/yellow/2021-03/yellow_tripdata_2021-03.parquet");
+    let raw = setup
+        .dir
+        .path()
+        .join("zones/raw/yellow/2021-03/yellow_tripdata_2021-03.parquet");
     let mut bytes = std::fs::read(&raw).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&raw, bytes).unwrap();
@@ -404,8 +515,16 @@ async fn a_count_mismatch_rolls_back_and_keeps_the_previous_load() {
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
 
     let mut client = setup.pg.client().await;
-    let input = LoadInput { dataset: "yellow".into(), period: summary.load.period, manifest_key: summary.transform.manifest_key.clone() };
+    let input = LoadInput {
+        dataset: "yellow".into(),
+        period: summary.load.period,
+        manifest_key: summary.transform.manifest_key.clone(),
+    };
     let err = load::run(&setup.ctx, &mut client, input).await.unwrap_err();
     assert_eq!(err.name(), "LoadCountMismatch");
-    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded, "previous rows intact");
+    assert_eq!(
+        setup.pg.trip_count("yellow/2021-03").await as u64,
+        summary.rows_loaded,
+        "previous rows intact"
+    );
 }

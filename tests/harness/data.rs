@@ -13,7 +13,10 @@ pub fn shared_file(name: &str) -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("SKIPPED: {} not found (the real TLC samples live in ../shared/data beside the checkout)", path.display());
+        eprintln!(
+            "SKIPPED: {} not found (the real TLC samples live in ../shared/data beside the checkout)",
+            path.display()
+        );
         None
     }
 }

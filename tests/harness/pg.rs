@@ -13,11 +13,18 @@ pub struct TestPostgres {
 impl TestPostgres {
     /// Starts a fresh cluster with an empty `tripflow` database.
     pub async fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("tripflow-pg-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("tripflow-pg-")
+            .tempdir()
+            .expect("temp dir");
         let cluster = LocalPostgres::ensure_running(&dir.path().join("cluster"))
             .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the test: {e}"));
         let url = cluster.ensure_database("tripflow").await.expect("create database");
-        TestPostgres { cluster, url, _dir: dir }
+        TestPostgres {
+            cluster,
+            url,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -25,7 +32,9 @@ impl TestPostgres {
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
-        tripflow::db::connect(&self.url).await.expect("connect to the test cluster")
+        tripflow::db::connect(&self.url)
+            .await
+            .expect("connect to the test cluster")
     }
 
     /// Rows of `source_id` in the trips table (0 when the table does not exist yet).
@@ -40,7 +49,10 @@ impl TestPostgres {
             return 0;
         }
         client
-            .query_one("SELECT count(*) FROM tripflow.trips WHERE source_id = $1", &[&source_id])
+            .query_one(
+                "SELECT count(*) FROM tripflow.trips WHERE source_id = $1",
+                &[&source_id],
+            )
             .await
             .expect("count")
             .get(0)

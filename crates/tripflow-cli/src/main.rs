@@ -20,7 +20,11 @@ use tripflow::{Error, Result};
 mod report;
 
 #[derive(Parser)]
-#[command(name = "tripflow", version, about = "ETL for the NYC TLC yellow-taxi trip records: ingest, clean, transform, load.")]
+#[command(
+    name = "tripflow",
+    version,
+    about = "ETL for the NYC TLC yellow-taxi trip records: ingest, clean, transform, load."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -157,16 +161,31 @@ async fn execute(command: Command) -> Result<()> {
             if let Some(ratio) = args.max_rejected_ratio {
                 config.max_rejected_ratio = ratio;
             }
-            let input = IngestInput { source: args.source, expected_md5: args.md5, period: args.month };
+            let input = IngestInput {
+                source: args.source,
+                expected_md5: args.md5,
+                period: args.month,
+            };
             let summary = run(&args.place, config, input).await?;
             print_summary(&summary, args.json)
         }
         Command::Demo(args) => {
             let store = LocalStore::open(&args.place.data_dir)?;
             let file = store.path_of(&format!("landing/yellow_tripdata_{}.parquet", args.month))?;
-            let generated = write_month(&file, GenSpec { period: args.month, rows: args.rows, seed: args.seed })?;
+            let generated = write_month(
+                &file,
+                GenSpec {
+                    period: args.month,
+                    rows: args.rows,
+                    seed: args.seed,
+                },
+            )?;
             tracing::info!(path = %file.display(), rows = generated.rows, size_bytes = generated.size_bytes, "generated a synthetic month");
-            let input = IngestInput { source: file.display().to_string(), expected_md5: None, period: Some(args.month) };
+            let input = IngestInput {
+                source: file.display().to_string(),
+                expected_md5: None,
+                period: Some(args.month),
+            };
             let summary = run(&args.place, PipelineConfig::from_env()?, input).await?;
             print_summary(&summary, args.json)
         }
@@ -177,7 +196,9 @@ async fn execute(command: Command) -> Result<()> {
                 None => db::loaded_sources(&client).await?,
             };
             if sources.is_empty() {
-                return Err(Error::InvalidInput("nothing loaded yet: run `tripflow run` or `tripflow demo` first".into()));
+                return Err(Error::InvalidInput(
+                    "nothing loaded yet: run `tripflow run` or `tripflow demo` first".into(),
+                ));
             }
             let mut all: Vec<(String, Answers)> = Vec::new();
             for source_id in sources {
@@ -198,7 +219,14 @@ async fn execute(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Gen(args) => {
-            let summary = write_month(&args.out, GenSpec { period: args.month, rows: args.rows, seed: args.seed })?;
+            let summary = write_month(
+                &args.out,
+                GenSpec {
+                    period: args.month,
+                    rows: args.rows,
+                    seed: args.seed,
+                },
+            )?;
             println!(
                 "wrote {} rows in {} row groups ({} bytes) to {}",
                 summary.rows,
@@ -214,7 +242,10 @@ async fn execute(command: Command) -> Result<()> {
                 DbAction::Url => println!("{}", cluster.ensure_database(db::local::DATABASE).await?),
                 DbAction::Stop => {
                     cluster.stop()?;
-                    println!("stopped the private PostgreSQL cluster in {}", cluster_dir(&place.data_dir).display());
+                    println!(
+                        "stopped the private PostgreSQL cluster in {}",
+                        cluster_dir(&place.data_dir).display()
+                    );
                 }
             }
             Ok(())

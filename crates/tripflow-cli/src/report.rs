@@ -9,7 +9,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -22,7 +22,16 @@ pub fn summary_text(s: &RunSummary) -> String {
     let r = &s.rows_rejected;
     let t = &s.stage_seconds;
     let _ = writeln!(out, "tripflow run: {} from {}", s.source_id, s.source);
-    let _ = writeln!(out, "  md5         {} ({})", s.md5, if s.ingest.md5_verified { "verified" } else { "computed, nothing to verify against" });
+    let _ = writeln!(
+        out,
+        "  md5         {} ({})",
+        s.md5,
+        if s.ingest.md5_verified {
+            "verified"
+        } else {
+            "computed, nothing to verify against"
+        }
+    );
     let _ = writeln!(out, "  schema      {}", s.ingest.schema_variant);
     let _ = writeln!(out, "  rows in     {}", thousands(s.rows_in));
     let _ = writeln!(out, "  kept        {}", thousands(s.rows_kept));
@@ -55,9 +64,19 @@ pub fn summary_text(s: &RunSummary) -> String {
         t.ingest, t.clean, t.transform, t.load, t.queries
     );
     if let Some(bytes) = s.peak_rss_bytes {
-        let _ = writeln!(out, "  peak memory {:.0} MiB resident", bytes as f64 / (1024.0 * 1024.0));
+        let _ = writeln!(
+            out,
+            "  peak memory {:.0} MiB resident",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
     }
-    out.push_str(&answers_text(&s.source_id, &Answers { avg_speed_mph: s.avg_speed_mph, weekly_top5: s.weekly_top5.clone() }));
+    out.push_str(&answers_text(
+        &s.source_id,
+        &Answers {
+            avg_speed_mph: s.avg_speed_mph,
+            weekly_top5: s.weekly_top5.clone(),
+        },
+    ));
     out
 }
 
@@ -65,7 +84,10 @@ pub fn answers_text(source_id: &str, answers: &Answers) -> String {
     let mut out = String::new();
     match answers.avg_speed_mph {
         Some(speed) => {
-            let _ = writeln!(out, "{source_id}: average speed {speed:.3} mph (total distance / total time, valid trips)");
+            let _ = writeln!(
+                out,
+                "{source_id}: average speed {speed:.3} mph (total distance / total time, valid trips)"
+            );
         }
         None => {
             let _ = writeln!(out, "{source_id}: no valid trips loaded");

@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn md5_sidecar_and_etag_forms_are_accepted() {
         let md5 = "9e107d9d372bb6826bd81d3542a419d6";
-        assert_eq!(parse_md5_hex(&format!("{}  yellow.parquet\n", md5.to_uppercase())).as_deref(), Some(md5));
+        assert_eq!(
+            parse_md5_hex(&format!("{}  yellow.parquet\n", md5.to_uppercase())).as_deref(),
+            Some(md5)
+        );
         assert_eq!(parse_md5_hex(&format!("\"{md5}\"")).as_deref(), Some(md5));
         assert_eq!(parse_md5_hex("abc"), None);
         assert_eq!(parse_md5_hex("9e107d9d372bb6826bd81d3542a419d6-2"), None);

@@ -49,19 +49,21 @@ impl PipelineConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut config = PipelineConfig::default();
         if let Some(raw) = lookup(ENV_MAX_REJECTED_RATIO) {
-            config.max_rejected_ratio = parse_ratio(&raw)
-                .ok_or_else(|| Error::InvalidInput(format!("{ENV_MAX_REJECTED_RATIO}={raw:?}: expected a number from 0 to 1")))?;
+            config.max_rejected_ratio = parse_ratio(&raw).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{ENV_MAX_REJECTED_RATIO}={raw:?}: expected a number from 0 to 1"
+                ))
+            })?;
         }
         if let Some(raw) = lookup(ENV_LOCATION_SWAPS) {
-            config.location_swaps = raw.parse().map_err(|e| Error::InvalidInput(format!("{ENV_LOCATION_SWAPS}: {e}")))?;
+            config.location_swaps = raw
+                .parse()
+                .map_err(|e| Error::InvalidInput(format!("{ENV_LOCATION_SWAPS}: {e}")))?;
         }
         if let Some(raw) = lookup(ENV_WRITE_BUFFER_MB) {
-            let mb: usize = raw
-                .trim()
-                .parse()
-                .ok()
-                .filter(|mb| *mb > 0)
-                .ok_or_else(|| Error::InvalidInput(format!("{ENV_WRITE_BUFFER_MB}={raw:?}: expected a positive integer")))?;
+            let mb: usize = raw.trim().parse().ok().filter(|mb| *mb > 0).ok_or_else(|| {
+                Error::InvalidInput(format!("{ENV_WRITE_BUFFER_MB}={raw:?}: expected a positive integer"))
+            })?;
             config.write_buffer_bytes = mb << 20;
         }
         Ok(config)
@@ -119,7 +121,9 @@ impl std::str::FromStr for LocationSwaps {
             let (a, b) = parsed.ok_or_else(|| format!("{part:?} is not a pair like 161:237"))?;
             // An ID in two pairs would make the result depend on pair order.
             if a == b || !seen.insert(a) || !seen.insert(b) {
-                return Err(format!("{part:?}: each ID may appear in one pair only, paired with another ID"));
+                return Err(format!(
+                    "{part:?}: each ID may appear in one pair only, paired with another ID"
+                ));
             }
             pairs.push((a, b));
         }
@@ -136,7 +140,10 @@ impl TryFrom<String> for LocationSwaps {
 
 impl From<LocationSwaps> for String {
     fn from(s: LocationSwaps) -> String {
-        s.0.iter().map(|(a, b)| format!("{a}:{b}")).collect::<Vec<_>>().join(",")
+        s.0.iter()
+            .map(|(a, b)| format!("{a}:{b}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -36,18 +36,78 @@ struct Column {
 }
 
 const COLUMNS: &[Column] = &[
-    Column { canonical: "vendor_id", source_names: &["VendorID"], kind: Kind::Id, required: true },
-    Column { canonical: "pickup_at", source_names: &["tpep_pickup_datetime"], kind: Kind::Timestamp, required: true },
-    Column { canonical: "dropoff_at", source_names: &["tpep_dropoff_datetime"], kind: Kind::Timestamp, required: true },
-    Column { canonical: "passenger_count", source_names: &["passenger_count"], kind: Kind::Count, required: true },
-    Column { canonical: "trip_distance", source_names: &["trip_distance"], kind: Kind::Measure, required: true },
-    Column { canonical: "ratecode_id", source_names: &["RatecodeID"], kind: Kind::Count, required: true },
-    Column { canonical: "pu_location_id", source_names: &["PULocationID"], kind: Kind::Id, required: true },
-    Column { canonical: "do_location_id", source_names: &["DOLocationID"], kind: Kind::Id, required: true },
-    Column { canonical: "payment_type", source_names: &["payment_type"], kind: Kind::Id, required: true },
-    Column { canonical: "fare_amount", source_names: &["fare_amount"], kind: Kind::Measure, required: true },
-    Column { canonical: "tip_amount", source_names: &["tip_amount"], kind: Kind::Measure, required: true },
-    Column { canonical: "total_amount", source_names: &["total_amount"], kind: Kind::Measure, required: true },
+    Column {
+        canonical: "vendor_id",
+        source_names: &["VendorID"],
+        kind: Kind::Id,
+        required: true,
+    },
+    Column {
+        canonical: "pickup_at",
+        source_names: &["tpep_pickup_datetime"],
+        kind: Kind::Timestamp,
+        required: true,
+    },
+    Column {
+        canonical: "dropoff_at",
+        source_names: &["tpep_dropoff_datetime"],
+        kind: Kind::Timestamp,
+        required: true,
+    },
+    Column {
+        canonical: "passenger_count",
+        source_names: &["passenger_count"],
+        kind: Kind::Count,
+        required: true,
+    },
+    Column {
+        canonical: "trip_distance",
+        source_names: &["trip_distance"],
+        kind: Kind::Measure,
+        required: true,
+    },
+    Column {
+        canonical: "ratecode_id",
+        source_names: &["RatecodeID"],
+        kind: Kind::Count,
+        required: true,
+    },
+    Column {
+        canonical: "pu_location_id",
+        source_names: &["PULocationID"],
+        kind: Kind::Id,
+        required: true,
+    },
+    Column {
+        canonical: "do_location_id",
+        source_names: &["DOLocationID"],
+        kind: Kind::Id,
+        required: true,
+    },
+    Column {
+        canonical: "payment_type",
+        source_names: &["payment_type"],
+        kind: Kind::Id,
+        required: true,
+    },
+    Column {
+        canonical: "fare_amount",
+        source_names: &["fare_amount"],
+        kind: Kind::Measure,
+        required: true,
+    },
+    Column {
+        canonical: "tip_amount",
+        source_names: &["tip_amount"],
+        kind: Kind::Measure,
+        required: true,
+    },
+    Column {
+        canonical: "total_amount",
+        source_names: &["total_amount"],
+        kind: Kind::Measure,
+        required: true,
+    },
     // Introduced in 2019 and 2021 respectively; older months load with nulls.
     Column {
         canonical: "congestion_surcharge",
@@ -55,11 +115,22 @@ const COLUMNS: &[Column] = &[
         kind: Kind::Measure,
         required: false,
     },
-    Column { canonical: "airport_fee", source_names: &["airport_fee", "Airport_fee"], kind: Kind::Measure, required: false },
+    Column {
+        canonical: "airport_fee",
+        source_names: &["airport_fee", "Airport_fee"],
+        kind: Kind::Measure,
+        required: false,
+    },
 ];
 
 /// Official TLC columns the analysts do not need: not read, and not reported as extras.
-const OFFICIAL_UNUSED: &[&str] = &["store_and_fwd_flag", "extra", "mta_tax", "tolls_amount", "improvement_surcharge"];
+const OFFICIAL_UNUSED: &[&str] = &[
+    "store_and_fwd_flag",
+    "extra",
+    "mta_tax",
+    "tolls_amount",
+    "improvement_surcharge",
+];
 
 /// Canonical column names, in canonical order.
 pub mod col {
@@ -89,7 +160,10 @@ fn canonical_type(kind: Kind) -> DataType {
 
 static CANONICAL: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(
-        COLUMNS.iter().map(|c| Field::new(c.canonical, canonical_type(c.kind), true)).collect::<Vec<_>>(),
+        COLUMNS
+            .iter()
+            .map(|c| Field::new(c.canonical, canonical_type(c.kind), true))
+            .collect::<Vec<_>>(),
     ))
 });
 
@@ -132,7 +206,10 @@ pub struct SourceSchema {
 pub fn check(schema: &Schema) -> Result<SourceSchema> {
     let mut sources = Vec::with_capacity(COLUMNS.len());
     for column in COLUMNS {
-        let found = column.source_names.iter().find_map(|name| schema.field_with_name(name).ok());
+        let found = column
+            .source_names
+            .iter()
+            .find_map(|name| schema.field_with_name(name).ok());
         match found {
             Some(field) if accepts(column.kind, field.data_type()) => sources.push(Some(field.name().clone())),
             Some(field) => {
@@ -171,23 +248,42 @@ fn describe_variant(schema: &Schema, sources: &[Option<String>]) -> String {
                 TimeUnit::Microsecond => "us",
                 TimeUnit::Nanosecond => "ns",
             };
-            if tz.is_some() { format!("{unit}+tz") } else { unit.to_string() }
+            if tz.is_some() {
+                format!("{unit}+tz")
+            } else {
+                unit.to_string()
+            }
         }
         Some(t) => t.to_string().to_lowercase(),
         None => "absent".to_string(),
     };
-    let airport = sources.get(13).cloned().flatten().unwrap_or_else(|| "absent".to_string());
-    let known: Vec<&str> =
-        COLUMNS.iter().flat_map(|c| c.source_names.iter().copied()).chain(OFFICIAL_UNUSED.iter().copied()).collect();
-    let extra: Vec<&str> =
-        schema.fields().iter().map(|f| f.name().as_str()).filter(|n| !known.contains(n)).collect();
+    let airport = sources
+        .get(13)
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| "absent".to_string());
+    let known: Vec<&str> = COLUMNS
+        .iter()
+        .flat_map(|c| c.source_names.iter().copied())
+        .chain(OFFICIAL_UNUSED.iter().copied())
+        .collect();
+    let extra: Vec<&str> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| !known.contains(n))
+        .collect();
     format!(
         "ids={} timestamps={} counts={} airport_fee={}{}",
         short(type_of("PULocationID")),
         short(type_of("tpep_pickup_datetime")),
         short(type_of("passenger_count")),
         airport,
-        if extra.is_empty() { String::new() } else { format!(" extra={}", extra.join(",")) }
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" extra={}", extra.join(","))
+        }
     )
 }
 
@@ -203,7 +299,10 @@ impl SourceSchema {
         let canonical = canonical_schema();
         // Safe casts turn an out-of-range value (a passenger count of 1e12) into null instead of
         // wrapping it; fractional doubles in integer columns truncate, as Spark's cast did.
-        let options = CastOptions { safe: true, ..Default::default() };
+        let options = CastOptions {
+            safe: true,
+            ..Default::default()
+        };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
         for (field, source) in canonical.fields().iter().zip(&self.sources) {
             let column = match source {
@@ -225,7 +324,9 @@ impl SourceSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, Float64Array, Int32Array, Int64Array, TimestampMicrosecondArray, TimestampNanosecondArray};
+    use arrow::array::{
+        Array, Float64Array, Int32Array, Int64Array, TimestampMicrosecondArray, TimestampNanosecondArray,
+    };
 
     fn fields_2021() -> Vec<Field> {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
@@ -267,16 +368,25 @@ mod tests {
     #[test]
     fn the_2021_and_2025_variants_are_both_accepted() {
         let v2021 = check(&Schema::new(fields_2021())).unwrap();
-        assert_eq!(v2021.variant, "ids=int64 timestamps=us counts=float64 airport_fee=airport_fee");
+        assert_eq!(
+            v2021.variant,
+            "ids=int64 timestamps=us counts=float64 airport_fee=airport_fee"
+        );
         let v2025 = check(&Schema::new(fields_2025())).unwrap();
-        assert_eq!(v2025.variant, "ids=int32 timestamps=ns counts=int64 airport_fee=Airport_fee extra=cbd_congestion_fee");
+        assert_eq!(
+            v2025.variant,
+            "ids=int32 timestamps=ns counts=int64 airport_fee=Airport_fee extra=cbd_congestion_fee"
+        );
         assert!(v2025.source_columns().contains(&"Airport_fee"));
         assert!(!v2025.source_columns().contains(&"cbd_congestion_fee"));
     }
 
     #[test]
     fn a_missing_column_is_schema_drift_naming_it() {
-        let fields: Vec<Field> = fields_2021().into_iter().filter(|f| f.name() != "trip_distance").collect();
+        let fields: Vec<Field> = fields_2021()
+            .into_iter()
+            .filter(|f| f.name() != "trip_distance")
+            .collect();
         let err = check(&Schema::new(fields)).unwrap_err();
         assert_eq!(err.name(), "SchemaDrift");
         assert!(err.to_string().contains("trip_distance"), "{err}");
@@ -286,7 +396,13 @@ mod tests {
     fn an_incompatible_type_is_schema_drift_naming_column_and_type() {
         let fields: Vec<Field> = fields_2021()
             .into_iter()
-            .map(|f| if f.name() == "PULocationID" { Field::new("PULocationID", DataType::Utf8, true) } else { f })
+            .map(|f| {
+                if f.name() == "PULocationID" {
+                    Field::new("PULocationID", DataType::Utf8, true)
+                } else {
+                    f
+                }
+            })
             .collect();
         let err = check(&Schema::new(fields)).unwrap_err().to_string();
         assert!(err.contains("PULocationID") && err.contains("Utf8"), "{err}");
@@ -303,13 +419,18 @@ mod tests {
             })
             .collect();
         let err = check(&Schema::new(fields)).unwrap_err().to_string();
-        assert!(err.contains("tpep_pickup_datetime") && err.contains("green-taxi"), "{err}");
+        assert!(
+            err.contains("tpep_pickup_datetime") && err.contains("green-taxi"),
+            "{err}"
+        );
     }
 
     #[test]
     fn optional_columns_may_be_absent_and_load_as_null() {
-        let fields: Vec<Field> =
-            fields_2021().into_iter().filter(|f| !matches!(f.name().as_str(), "airport_fee" | "congestion_surcharge")).collect();
+        let fields: Vec<Field> = fields_2021()
+            .into_iter()
+            .filter(|f| !matches!(f.name().as_str(), "airport_fee" | "congestion_surcharge"))
+            .collect();
         let schema = Arc::new(Schema::new(fields));
         let source = check(&schema).unwrap();
         assert!(source.variant.contains("airport_fee=absent"));
@@ -318,7 +439,9 @@ mod tests {
             .iter()
             .map(|f| new_null_array(f.data_type(), 2))
             .collect();
-        let batch = source.canonicalize(&RecordBatch::try_new(schema, columns).unwrap()).unwrap();
+        let batch = source
+            .canonicalize(&RecordBatch::try_new(schema, columns).unwrap())
+            .unwrap();
         assert_eq!(batch.schema(), canonical_schema());
         assert_eq!(batch.column_by_name(col::AIRPORT_FEE).unwrap().null_count(), 2);
     }
@@ -340,7 +463,9 @@ mod tests {
                 }
             })
             .collect();
-        let batch = source.canonicalize(&RecordBatch::try_new(schema, columns).unwrap()).unwrap();
+        let batch = source
+            .canonicalize(&RecordBatch::try_new(schema, columns).unwrap())
+            .unwrap();
         let pickup = batch.column_by_name(col::PICKUP_AT).unwrap();
         let pickup = pickup.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
         assert_eq!(pickup.value(0), 1_614_556_800_123_456);

@@ -9,7 +9,11 @@ use std::fmt;
 pub enum Error {
     /// The bytes received do not hash to the MD5 the caller or the sidecar promised.
     #[error("MD5 of {key} is {actual}, expected {expected}")]
-    ChecksumMismatch { key: String, expected: String, actual: String },
+    ChecksumMismatch {
+        key: String,
+        expected: String,
+        actual: String,
+    },
 
     /// The file is Parquet but not the TLC yellow schema the pipeline is built for.
     #[error("{0}")]
@@ -24,17 +28,28 @@ pub enum Error {
     TruncatedParquet { key: String, detail: String },
 
     /// Neither the file name (`yellow_tripdata_YYYY-MM`) nor the caller says which month the file holds.
-    #[error("cannot tell the month of {name}: expected a name like yellow_tripdata_2021-03.parquet or an explicit period")]
+    #[error(
+        "cannot tell the month of {name}: expected a name like yellow_tripdata_2021-03.parquet or an explicit period"
+    )]
     UnknownPeriod { name: String },
 
     /// Clean rejected more than the configured share of rows. Raised by the local runner; the Lambda
     /// returns it as the clean stage's verdict so the state machine's Choice routes it.
     #[error("{rejected} of {rows_in} rows rejected ({ratio:.4}), above the limit of {max_ratio:.4}")]
-    TooManyRejectedRows { rejected: u64, rows_in: u64, ratio: f64, max_ratio: f64 },
+    TooManyRejectedRows {
+        rejected: u64,
+        rows_in: u64,
+        ratio: f64,
+        max_ratio: f64,
+    },
 
     /// The database holds a different number of rows for the source than the curated zone; rolled back.
     #[error("loaded {loaded} rows for {source_id} but the curated zone holds {expected}; rolled back")]
-    LoadCountMismatch { source_id: String, expected: u64, loaded: u64 },
+    LoadCountMismatch {
+        source_id: String,
+        expected: u64,
+        loaded: u64,
+    },
 
     /// An object a stage was about to read does not match what the previous stage's manifest recorded.
     #[error("integrity check failed for {key}: {detail}")]
@@ -50,7 +65,11 @@ pub enum Error {
 
     /// The object store failed in a way that may pass (I/O error, throttling, network).
     #[error("storage unavailable while {action} {key}: {detail}")]
-    StorageUnavailable { action: &'static str, key: String, detail: String },
+    StorageUnavailable {
+        action: &'static str,
+        key: String,
+        detail: String,
+    },
 
     /// The HTTPS source could not be fetched (network, 5xx). Retryable.
     #[error("source {url} unavailable: {detail}")]
@@ -108,11 +127,18 @@ impl Error {
     }
 
     pub fn schema_drift(column: impl Into<String>, found: impl Into<String>) -> Self {
-        Error::SchemaDrift(SchemaDriftDetail { column: column.into(), found: found.into() })
+        Error::SchemaDrift(SchemaDriftDetail {
+            column: column.into(),
+            found: found.into(),
+        })
     }
 
     pub(crate) fn storage(action: &'static str, key: impl Into<String>, err: impl fmt::Display) -> Self {
-        Error::StorageUnavailable { action, key: key.into(), detail: err.to_string() }
+        Error::StorageUnavailable {
+            action,
+            key: key.into(),
+            detail: err.to_string(),
+        }
     }
 }
 

@@ -77,7 +77,9 @@ pub fn official_2021_schema() -> SchemaRef {
 
 /// Zones weighted like Manhattan-heavy real traffic: a few very busy zones (161 and 237 among them),
 /// a long tail over 1..=263.
-const BUSY_ZONES: &[i64] = &[237, 161, 236, 162, 230, 186, 142, 170, 48, 239, 163, 234, 68, 141, 79, 107, 132, 138];
+const BUSY_ZONES: &[i64] = &[
+    237, 161, 236, 162, 230, 186, 142, 170, 48, 239, 163, 234, 68, 141, 79, 107, 132, 138,
+];
 
 fn zone(rng: &mut ChaCha8Rng) -> i64 {
     if rng.random_bool(0.6) {
@@ -131,7 +133,11 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(spec: GenSpec) -> Self {
-        Generator { spec, rng: ChaCha8Rng::seed_from_u64(spec.seed), produced: 0 }
+        Generator {
+            spec,
+            rng: ChaCha8Rng::seed_from_u64(spec.seed),
+            produced: 0,
+        }
     }
 
     fn pickup_micros(&mut self) -> i64 {
@@ -139,7 +145,9 @@ impl Generator {
         let rng = &mut self.rng;
         let roll: f64 = rng.random();
         let day = 86_400 * MICROS_PER_SECOND;
-        let in_range = |rng: &mut ChaCha8Rng, from: i64, to: i64| rng.random_range(from..to) / MICROS_PER_SECOND * MICROS_PER_SECOND;
+        let in_range = |rng: &mut ChaCha8Rng, from: i64, to: i64| {
+            rng.random_range(from..to) / MICROS_PER_SECOND * MICROS_PER_SECOND
+        };
         if roll < PREVIOUS_MONTH {
             in_range(rng, start - day, start)
         } else if roll < PREVIOUS_MONTH + NEXT_MONTH {
@@ -207,13 +215,22 @@ impl Generator {
             };
             let unknown_meta = rng.random_bool(NULL_PASSENGERS);
             let fare = round2(2.5 + 2.5 * distance + 0.5 * (seconds.max(0) as f64 / 60.0) * 0.35);
-            let payment = if unknown_meta { 0 } else { [1, 1, 1, 2, 2, 3, 4][rng.random_range(0..7)] };
-            let tip = if payment == 1 { round2(fare * rng.random_range(0.1..0.3)) } else { 0.0 };
+            let payment = if unknown_meta {
+                0
+            } else {
+                [1, 1, 1, 2, 2, 3, 4][rng.random_range(0..7)]
+            };
+            let tip = if payment == 1 {
+                round2(fare * rng.random_range(0.1..0.3))
+            } else {
+                0.0
+            };
             let congestion = if unknown_meta { None } else { Some(2.5) };
             c.vendor.push(Some(if rng.random_bool(0.7) { 2 } else { 1 }));
             c.pickup.push(pickup);
             c.dropoff.push(dropoff);
-            c.passengers.push((!unknown_meta).then(|| [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 5.0, 0.0][rng.random_range(0..9)]));
+            c.passengers
+                .push((!unknown_meta).then(|| [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 5.0, 0.0][rng.random_range(0..9)]));
             c.distance.push(Some(distance));
             c.ratecode.push((!unknown_meta).then_some(1.0));
             c.flag.push((!unknown_meta).then_some("N"));
@@ -226,7 +243,8 @@ impl Generator {
             c.tip.push(Some(tip));
             c.tolls.push(Some(0.0));
             c.improvement.push(Some(0.3));
-            c.total.push(Some(round2(fare + 0.5 + 0.5 + tip + 0.3 + congestion.unwrap_or(0.0))));
+            c.total
+                .push(Some(round2(fare + 0.5 + 0.5 + tip + 0.3 + congestion.unwrap_or(0.0))));
             c.congestion.push(congestion);
             // All null in 2021's files: the fee existed in the schema before it was charged.
             c.airport.push(None);
@@ -286,7 +304,11 @@ pub fn write_month(path: &Path, spec: GenSpec) -> Result<GenSummary> {
     }
     let metadata = writer.close().map_err(pq)?;
     let size_bytes = std::fs::metadata(path).map_err(io)?.len();
-    Ok(GenSummary { rows: spec.rows, row_groups: metadata.num_row_groups(), size_bytes })
+    Ok(GenSummary {
+        rows: spec.rows,
+        row_groups: metadata.num_row_groups(),
+        size_bytes,
+    })
 }
 
 #[cfg(test)]
@@ -296,7 +318,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_rows_and_every_defect_occurs() {
-        let spec = GenSpec { period: "2021-03".parse().unwrap(), rows: 100_000, seed: 7 };
+        let spec = GenSpec {
+            period: "2021-03".parse().unwrap(),
+            rows: 100_000,
+            seed: 7,
+        };
         let a: Vec<RecordBatch> = Generator::new(spec).collect();
         let b: Vec<RecordBatch> = Generator::new(spec).collect();
         assert_eq!(a, b);
@@ -305,12 +331,23 @@ mod tests {
         let (start, end) = spec.period.bounds_micros();
         let (mut outside, mut zero, mut negative, mut null_ts, mut zone_161) = (0, 0, 0, 0, 0);
         for batch in &a {
-            let pickup = batch.column(1).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
-            let dropoff = batch.column(2).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+            let pickup = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            let dropoff = batch
+                .column(2)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
             let pu = batch.column(7).as_any().downcast_ref::<Int64Array>().unwrap();
             for i in 0..batch.num_rows() {
                 zone_161 += usize::from(pu.value(i) == 161);
-                match (pickup.is_valid(i).then(|| pickup.value(i)), dropoff.is_valid(i).then(|| dropoff.value(i))) {
+                match (
+                    pickup.is_valid(i).then(|| pickup.value(i)),
+                    dropoff.is_valid(i).then(|| dropoff.value(i)),
+                ) {
                     (Some(p), Some(d)) => {
                         zero += usize::from(d == p);
                         negative += usize::from(d < p);
@@ -320,7 +357,10 @@ mod tests {
                 }
             }
         }
-        assert!(outside > 20 && zero > 50 && negative > 10 && null_ts > 5, "{outside} {zero} {negative} {null_ts}");
+        assert!(
+            outside > 20 && zero > 50 && negative > 10 && null_ts > 5,
+            "{outside} {zero} {negative} {null_ts}"
+        );
         assert!(zone_161 > 1000, "{zone_161}");
     }
 }

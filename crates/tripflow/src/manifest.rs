@@ -44,7 +44,10 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Manifest<T> {
     pub async fn read(store: &dyn ObjectStore, key: &str, stage: &str, source_id: &str) -> Result<Self> {
         let manifest: Self = match get_json(store, key).await {
             Err(Error::ObjectNotFound { key }) => {
-                return Err(Error::IntegrityError { key, detail: format!("no {stage} manifest: run {stage} first") });
+                return Err(Error::IntegrityError {
+                    key,
+                    detail: format!("no {stage} manifest: run {stage} first"),
+                });
             }
             other => other?,
         };

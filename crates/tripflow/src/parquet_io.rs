@@ -35,14 +35,21 @@ pub struct StoreFileReader {
 
 impl StoreFileReader {
     pub fn new(store: Arc<dyn ObjectStore>, key: impl Into<String>, size: u64) -> Self {
-        StoreFileReader { store, key: key.into(), size }
+        StoreFileReader {
+            store,
+            key: key.into(),
+            size,
+        }
     }
 }
 
 impl AsyncFileReader for StoreFileReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
-            self.store.get_range(&self.key, range).await.map_err(|e| ParquetError::External(Box::new(e)))
+            self.store
+                .get_range(&self.key, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
         }
         .boxed()
     }
@@ -65,15 +72,27 @@ impl AsyncFileReader for StoreFileReader {
 
 /// Checks the magic bytes at both ends and reads the footer, telling `NotParquet` from `TruncatedParquet`.
 pub async fn read_metadata(store: &Arc<dyn ObjectStore>, key: &str) -> Result<(u64, Arc<ParquetMetaData>)> {
-    let size = store.size(key).await?.ok_or_else(|| Error::ObjectNotFound { key: key.to_string() })?;
+    let size = store
+        .size(key)
+        .await?
+        .ok_or_else(|| Error::ObjectNotFound { key: key.to_string() })?;
     if size < 4 {
-        return Err(Error::NotParquet { key: key.into(), detail: format!("only {size} bytes") });
+        return Err(Error::NotParquet {
+            key: key.into(),
+            detail: format!("only {size} bytes"),
+        });
     }
     let head = store.get_range(key, 0..4).await?;
     if head.as_ref() != MAGIC {
-        return Err(Error::NotParquet { key: key.into(), detail: format!("starts with {:02x?}, not PAR1", head.as_ref()) });
+        return Err(Error::NotParquet {
+            key: key.into(),
+            detail: format!("starts with {:02x?}, not PAR1", head.as_ref()),
+        });
     }
-    let truncated = |detail: String| Error::TruncatedParquet { key: key.into(), detail };
+    let truncated = |detail: String| Error::TruncatedParquet {
+        key: key.into(),
+        detail,
+    };
     if size < 12 {
         return Err(truncated(format!("only {size} bytes, too short for a footer")));
     }
@@ -102,8 +121,12 @@ pub async fn open_stream(
     let reader = StoreFileReader::new(store.clone(), key, size);
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
         reader,
-        parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new())
-            .map_err(|e| Error::TruncatedParquet { key: key.into(), detail: e.to_string() })?,
+        parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new()).map_err(
+            |e| Error::TruncatedParquet {
+                key: key.into(),
+                detail: e.to_string(),
+            },
+        )?,
     );
     let builder = match columns {
         None => builder,
@@ -124,7 +147,10 @@ pub async fn open_stream(
     let stream = builder
         .with_batch_size(BATCH_ROWS)
         .build()
-        .map_err(|e| Error::TruncatedParquet { key: key.into(), detail: e.to_string() })?;
+        .map_err(|e| Error::TruncatedParquet {
+            key: key.into(),
+            detail: e.to_string(),
+        })?;
     Ok((stream.schema().clone(), stream))
 }
 
@@ -134,9 +160,15 @@ pub fn decode_error(key: &str, err: ParquetError) -> Error {
     match err {
         ParquetError::External(inner) => match inner.downcast::<Error>() {
             Ok(ours) => *ours,
-            Err(other) => Error::TruncatedParquet { key: key.into(), detail: other.to_string() },
+            Err(other) => Error::TruncatedParquet {
+                key: key.into(),
+                detail: other.to_string(),
+            },
         },
-        other => Error::TruncatedParquet { key: key.into(), detail: other.to_string() },
+        other => Error::TruncatedParquet {
+            key: key.into(),
+            detail: other.to_string(),
+        },
     }
 }
 
@@ -180,7 +212,12 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    pub async fn create(store: &dyn ObjectStore, key: &str, schema: SchemaRef, max_row_group_rows: usize) -> Result<Self> {
+    pub async fn create(
+        store: &dyn ObjectStore,
+        key: &str,
+        schema: SchemaRef,
+        max_row_group_rows: usize,
+    ) -> Result<Self> {
         let sink = store.create(key).await?;
         let writer = AsyncArrowWriter::try_new(
             SinkWriter { sink: Some(sink) },
@@ -188,7 +225,11 @@ impl ParquetSink {
             Some(writer_properties(max_row_group_rows)),
         )
         .map_err(|e| Error::InvalidInput(format!("cannot write {key}: {e}")))?;
-        Ok(ParquetSink { key: key.to_string(), writer, rows: 0 })
+        Ok(ParquetSink {
+            key: key.to_string(),
+            writer,
+            rows: 0,
+        })
     }
 
     pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
@@ -217,7 +258,10 @@ impl ParquetSink {
         let mut writer = self.writer;
         writer.finish().await.map_err(|e| decode_error(&key, e))?;
         let mut inner = writer.into_inner();
-        let sink = inner.sink.take().ok_or_else(|| Error::InvalidInput(format!("{key} finished twice")))?;
+        let sink = inner
+            .sink
+            .take()
+            .ok_or_else(|| Error::InvalidInput(format!("{key} finished twice")))?;
         Ok((sink.finish().await?, rows))
     }
 

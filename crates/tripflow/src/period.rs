@@ -20,7 +20,9 @@ pub struct Period {
 impl Period {
     pub fn new(year: i32, month: u32) -> Result<Self> {
         if !(1..=12).contains(&month) || !(1900..=9999).contains(&year) {
-            return Err(Error::InvalidInput(format!("{year:04}-{month:02} is not a valid month")));
+            return Err(Error::InvalidInput(format!(
+                "{year:04}-{month:02} is not a valid month"
+            )));
         }
         Ok(Period { year, month })
     }
@@ -39,14 +41,24 @@ impl Period {
 
     /// The first day of the following month: the exclusive upper bound of this period.
     pub fn next_first_day(&self) -> NaiveDate {
-        let (year, month) = if self.month == 12 { (self.year + 1, 1) } else { (self.year, self.month + 1) };
+        let (year, month) = if self.month == 12 {
+            (self.year + 1, 1)
+        } else {
+            (self.year, self.month + 1)
+        };
         NaiveDate::from_ymd_opt(year, month, 1).unwrap_or(NaiveDate::MAX)
     }
 
     /// `[start, end)` of the month in microseconds since the Unix epoch (TLC timestamps are naive local time).
     pub fn bounds_micros(&self) -> (i64, i64) {
-        let start = self.first_day().and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros());
-        let end = self.next_first_day().and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros());
+        let start = self
+            .first_day()
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_micros());
+        let end = self
+            .next_first_day()
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_micros());
         (start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX))
     }
 
@@ -110,7 +122,10 @@ impl TlcFileName {
             return None;
         }
         let period = rest.get(..7)?.parse().ok()?;
-        Some(TlcFileName { dataset: dataset.to_ascii_lowercase(), period })
+        Some(TlcFileName {
+            dataset: dataset.to_ascii_lowercase(),
+            period,
+        })
     }
 }
 
@@ -124,7 +139,9 @@ pub fn file_name_of(name: &str) -> &str {
 pub fn resolve_period(name: &str, explicit: Option<Period>) -> Result<Period> {
     explicit
         .or_else(|| TlcFileName::parse(name).map(|n| n.period))
-        .ok_or_else(|| Error::UnknownPeriod { name: file_name_of(name).to_string() })
+        .ok_or_else(|| Error::UnknownPeriod {
+            name: file_name_of(name).to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -134,7 +151,13 @@ mod tests {
     #[test]
     fn file_name_gives_dataset_and_period() {
         let parsed = TlcFileName::parse("s3://b/landing/yellow_tripdata_2021-03.parquet");
-        assert_eq!(parsed, Some(TlcFileName { dataset: "yellow".into(), period: Period::new(2021, 3).unwrap() }));
+        assert_eq!(
+            parsed,
+            Some(TlcFileName {
+                dataset: "yellow".into(),
+                period: Period::new(2021, 3).unwrap()
+            })
+        );
         let url = TlcFileName::parse("https://x.example/trip-data/yellow_tripdata_2025-01.parquet?x=1");
         assert_eq!(url.map(|n| n.period.to_string()), Some("2025-01".to_string()));
         let head = TlcFileName::parse("yellow_tripdata_2021-03_head999.parquet");
@@ -147,7 +170,12 @@ mod tests {
         assert_eq!(TlcFileName::parse("yellow_tripdata_2021-13.parquet"), None);
         let err = resolve_period("trips.parquet", None).unwrap_err();
         assert_eq!(err.name(), "UnknownPeriod");
-        assert_eq!(resolve_period("trips.parquet", Some("2020-02".parse().unwrap())).unwrap().to_string(), "2020-02");
+        assert_eq!(
+            resolve_period("trips.parquet", Some("2020-02".parse().unwrap()))
+                .unwrap()
+                .to_string(),
+            "2020-02"
+        );
     }
 
     #[test]

@@ -104,7 +104,10 @@ pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput
     .await?;
     lap(&mut seconds.load);
 
-    let Answers { avg_speed_mph, weekly_top5 } = db::answers(client, &loaded.source_id).await?;
+    let Answers {
+        avg_speed_mph,
+        weekly_top5,
+    } = db::answers(client, &loaded.source_id).await?;
     lap(&mut seconds.queries);
 
     Ok(RunSummary {

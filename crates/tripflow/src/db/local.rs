@@ -79,7 +79,9 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>> {
 /// As root the server runs as another user, who must be able to walk down to its folder.
 fn check_reachable(dir: &Path, uid: u32) -> Result<()> {
     for ancestor in dir.ancestors().skip(1) {
-        let Ok(meta) = std::fs::metadata(ancestor) else { continue };
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            continue;
+        };
         let traversable = meta.mode() & 0o001 != 0 || (meta.uid() == uid && meta.mode() & 0o100 != 0);
         if !traversable {
             return Err(unavailable(format!(
@@ -95,7 +97,10 @@ fn check_reachable(dir: &Path, uid: u32) -> Result<()> {
 
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| unavailable(format!("no free port: {e}")))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| unavailable(e.to_string()))
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| unavailable(e.to_string()))
 }
 
 impl LocalPostgres {
@@ -104,37 +109,74 @@ impl LocalPostgres {
         let bin = find_bin_dir()?;
         let run_as = unprivileged_user()?;
         std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("creating {}: {e}", dir.display())))?;
-        let dir = dir.canonicalize().map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         if let Some((uid, gid)) = run_as {
             check_reachable(&dir, uid)?;
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| unavailable(format!("handing {} to the postgres user: {e}", dir.display())))?;
         }
-        let cluster = LocalPostgres { port: 0, dir, bin, run_as };
+        let cluster = LocalPostgres {
+            port: 0,
+            dir,
+            bin,
+            run_as,
+        };
         if !cluster.dir.join("PG_VERSION").exists() {
             info!(dir = %cluster.dir.display(), "creating a private PostgreSQL cluster");
             cluster.run_tool(
                 "initdb",
-                &["-D", &cluster.dir_str(), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync"],
+                &[
+                    "-D",
+                    &cluster.dir_str(),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
             )?;
         }
         let port_file = cluster.dir.join(PORT_FILE);
-        let port = match std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse::<u16>().ok()) {
+        let port = match std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+        {
             Some(port) => port,
             None => {
                 let port = free_port()?;
                 // Written by whoever we are: root may write into a postgres-owned folder, and the
                 // server itself never reads this file.
-                std::fs::write(&port_file, port.to_string()).map_err(|e| unavailable(format!("{}: {e}", port_file.display())))?;
+                std::fs::write(&port_file, port.to_string())
+                    .map_err(|e| unavailable(format!("{}: {e}", port_file.display())))?;
                 port
             }
         };
         let cluster = LocalPostgres { port, ..cluster };
         if !cluster.is_running() {
-            let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", cluster.dir_str());
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                cluster.dir_str()
+            );
             let log = cluster.dir.join("server.log").display().to_string();
             info!(port, "starting the private PostgreSQL cluster");
-            cluster.run_tool("pg_ctl", &["-D", &cluster.dir_str(), "-l", &log, "-o", &options, "-w", "-t", "60", "start"])?;
+            cluster.run_tool(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &cluster.dir_str(),
+                    "-l",
+                    &log,
+                    "-o",
+                    &options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            )?;
         }
         Ok(cluster)
     }
@@ -167,7 +209,10 @@ impl LocalPostgres {
             .is_some();
         if !exists {
             let quoted = name.replace('"', "\"\"");
-            admin.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")).await.map_err(super::classify)?;
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+                .await
+                .map_err(super::classify)?;
         }
         Ok(format!("postgres://{SUPERUSER}@127.0.0.1:{}/{name}", self.port))
     }

@@ -30,7 +30,9 @@ pub async fn connect(url: &str) -> Result<Client> {
 /// Applies `table.sql` under an advisory lock, so two first loads do not race on `CREATE TABLE`.
 pub async fn apply_schema(client: &mut Client) -> Result<()> {
     let tx = client.transaction().await.map_err(classify)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY]).await.map_err(classify)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
+        .await
+        .map_err(classify)?;
     tx.batch_execute(SCHEMA_SQL).await.map_err(classify)?;
     tx.commit().await.map_err(classify)
 }
@@ -52,7 +54,11 @@ pub fn classify(err: tokio_postgres::Error) -> Error {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => err.to_string(),
     };
-    if transient { Error::DatabaseUnavailable(message) } else { Error::DatabaseError(message) }
+    if transient {
+        Error::DatabaseUnavailable(message)
+    } else {
+        Error::DatabaseError(message)
+    }
 }
 
 /// The two answers for one month.
@@ -74,7 +80,10 @@ pub struct WeeklySlowPickup {
 /// Reads the answers for `source_id` from the views.
 pub async fn answers(client: &Client, source_id: &str) -> Result<Answers> {
     let avg = client
-        .query_opt("SELECT avg_speed_mph FROM tripflow.monthly_avg_speed WHERE source_id = $1", &[&source_id])
+        .query_opt(
+            "SELECT avg_speed_mph FROM tripflow.monthly_avg_speed WHERE source_id = $1",
+            &[&source_id],
+        )
         .await
         .map_err(classify)?;
     let rows = client
@@ -89,7 +98,12 @@ pub async fn answers(client: &Client, source_id: &str) -> Result<Answers> {
         avg_speed_mph: avg.map(|row| row.get::<_, f64>(0)),
         weekly_top5: rows
             .iter()
-            .map(|r| WeeklySlowPickup { week: r.get(0), rank: r.get(1), pu_location_id: r.get(2), slow_trips: r.get(3) })
+            .map(|r| WeeklySlowPickup {
+                week: r.get(0),
+                rank: r.get(1),
+                pu_location_id: r.get(2),
+                slow_trips: r.get(3),
+            })
             .collect(),
     })
 }
@@ -97,7 +111,10 @@ pub async fn answers(client: &Client, source_id: &str) -> Result<Answers> {
 /// Sources that have rows loaded, newest period first.
 pub async fn loaded_sources(client: &Client) -> Result<Vec<String>> {
     let rows = client
-        .query("SELECT DISTINCT source_id FROM tripflow.load_runs ORDER BY source_id DESC", &[])
+        .query(
+            "SELECT DISTINCT source_id FROM tripflow.load_runs ORDER BY source_id DESC",
+            &[],
+        )
         .await
         .map_err(classify)?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

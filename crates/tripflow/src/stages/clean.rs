@@ -118,7 +118,11 @@ fn timestamps<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a TimestampMic
 }
 
 /// Splits a canonical batch into kept rows and rejected rows (with their reasons).
-pub fn split_batch(batch: &RecordBatch, period: Period, counts: &mut RejectCounts) -> Result<(RecordBatch, RecordBatch)> {
+pub fn split_batch(
+    batch: &RecordBatch,
+    period: Period,
+    counts: &mut RejectCounts,
+) -> Result<(RecordBatch, RecordBatch)> {
     let pickup = timestamps(batch, col::PICKUP_AT)?;
     let dropoff = timestamps(batch, col::DROPOFF_AT)?;
     let bounds = period.bounds_micros();
@@ -141,12 +145,17 @@ pub fn split_batch(batch: &RecordBatch, period: Period, counts: &mut RejectCount
     let rejected = filter_record_batch(batch, &rejected_mask).map_err(|e| Error::InvalidInput(e.to_string()))?;
     let mut columns: Vec<ArrayRef> = rejected.columns().to_vec();
     columns.push(Arc::new(StringArray::from(reasons)));
-    let rejected = RecordBatch::try_new(quarantine_schema(), columns).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let rejected =
+        RecordBatch::try_new(quarantine_schema(), columns).map_err(|e| Error::InvalidInput(e.to_string()))?;
     Ok((kept, rejected))
 }
 
 pub fn quarantine_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = contract::canonical_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = contract::canonical_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new(REJECT_REASON, DataType::Utf8, false));
     Arc::new(Schema::new(fields))
 }
@@ -154,7 +163,11 @@ pub fn quarantine_schema() -> SchemaRef {
 pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     let max_rejected_ratio = match input.max_rejected_ratio {
         Some(r) if (0.0..=1.0).contains(&r) => r,
-        Some(r) => return Err(Error::InvalidInput(format!("max_rejected_ratio {r} is not between 0 and 1"))),
+        Some(r) => {
+            return Err(Error::InvalidInput(format!(
+                "max_rejected_ratio {r} is not between 0 and 1"
+            )));
+        }
         None => ctx.config.max_rejected_ratio,
     };
     let layout = Layout::new(input.dataset.clone(), input.period);
@@ -172,8 +185,10 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     let (schema, stream) = open_projected(store, &input.raw_key).await?;
     let source = contract::check(&schema)?;
     let row_group_rows = ctx.config.row_group_rows;
-    let mut kept_sink = ParquetSink::create(store.as_ref(), &clean_key, contract::canonical_schema(), row_group_rows).await?;
-    let mut rejected_sink = ParquetSink::create(store.as_ref(), &quarantine_key, quarantine_schema(), row_group_rows).await?;
+    let mut kept_sink =
+        ParquetSink::create(store.as_ref(), &clean_key, contract::canonical_schema(), row_group_rows).await?;
+    let mut rejected_sink =
+        ParquetSink::create(store.as_ref(), &quarantine_key, quarantine_schema(), row_group_rows).await?;
 
     let mut counts = RejectCounts::default();
     let mut rows_in = 0u64;
@@ -208,14 +223,31 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
             ),
         });
     }
-    let rejected_ratio = if rows_in == 0 { 0.0 } else { counts.total() as f64 / rows_in as f64 };
-    let verdict = if rejected_ratio > max_rejected_ratio { Verdict::TooManyRejectedRows } else { Verdict::Ok };
+    let rejected_ratio = if rows_in == 0 {
+        0.0
+    } else {
+        counts.total() as f64 / rows_in as f64
+    };
+    let verdict = if rejected_ratio > max_rejected_ratio {
+        Verdict::TooManyRejectedRows
+    } else {
+        Verdict::Ok
+    };
 
     let quarantine = rejected_sink.finish().await?;
-    let mut objects = vec![ManifestObject { object: quarantine.0, rows: quarantine.1 }];
+    let mut objects = vec![ManifestObject {
+        object: quarantine.0,
+        rows: quarantine.1,
+    }];
     if verdict == Verdict::Ok {
         let kept = kept_sink.finish().await?;
-        objects.insert(0, ManifestObject { object: kept.0, rows: kept.1 });
+        objects.insert(
+            0,
+            ManifestObject {
+                object: kept.0,
+                rows: kept.1,
+            },
+        );
     } else {
         // The new file failed its verdict: leave no clean object of this period for transform to pick up.
         kept_sink.abort().await?;
@@ -234,7 +266,9 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         rejected_ratio,
         max_rejected_ratio,
     };
-    Manifest::new(STAGE, layout.source_id(), objects, output.clone()).write(store.as_ref(), &output.manifest_key).await?;
+    Manifest::new(STAGE, layout.source_id(), objects, output.clone())
+        .write(store.as_ref(), &output.manifest_key)
+        .await?;
     info!(
         rows_in,
         rows_kept,
@@ -251,7 +285,10 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
 async fn open_projected(
     store: &Arc<dyn crate::storage::ObjectStore>,
     key: &str,
-) -> Result<(SchemaRef, parquet::arrow::async_reader::ParquetRecordBatchStream<crate::parquet_io::StoreFileReader>)> {
+) -> Result<(
+    SchemaRef,
+    parquet::arrow::async_reader::ParquetRecordBatchStream<crate::parquet_io::StoreFileReader>,
+)> {
     // The footer's schema decides the projection; reading it twice costs one small ranged GET.
     let (full_schema, _) = open_stream(store, key, None).await?;
     let columns = contract::check(&full_schema)?;
@@ -270,15 +307,36 @@ mod tests {
     fn each_rule_rejects_with_its_reason() {
         let (start, _) = MARCH_2021;
         let minute = 60_000_000;
-        assert_eq!(classify_row(None, Some(start), MARCH_2021), Some(RejectReason::NullTimestamp));
-        assert_eq!(classify_row(Some(start), None, MARCH_2021), Some(RejectReason::NullTimestamp));
-        assert_eq!(classify_row(Some(start), Some(start), MARCH_2021), Some(RejectReason::NonPositiveDuration));
-        assert_eq!(classify_row(Some(start + minute), Some(start), MARCH_2021), Some(RejectReason::NonPositiveDuration));
-        assert_eq!(classify_row(Some(start - minute), Some(start + minute), MARCH_2021), Some(RejectReason::OutsidePeriod));
-        assert_eq!(classify_row(Some(MARCH_2021.1), Some(MARCH_2021.1 + minute), MARCH_2021), Some(RejectReason::OutsidePeriod));
+        assert_eq!(
+            classify_row(None, Some(start), MARCH_2021),
+            Some(RejectReason::NullTimestamp)
+        );
+        assert_eq!(
+            classify_row(Some(start), None, MARCH_2021),
+            Some(RejectReason::NullTimestamp)
+        );
+        assert_eq!(
+            classify_row(Some(start), Some(start), MARCH_2021),
+            Some(RejectReason::NonPositiveDuration)
+        );
+        assert_eq!(
+            classify_row(Some(start + minute), Some(start), MARCH_2021),
+            Some(RejectReason::NonPositiveDuration)
+        );
+        assert_eq!(
+            classify_row(Some(start - minute), Some(start + minute), MARCH_2021),
+            Some(RejectReason::OutsidePeriod)
+        );
+        assert_eq!(
+            classify_row(Some(MARCH_2021.1), Some(MARCH_2021.1 + minute), MARCH_2021),
+            Some(RejectReason::OutsidePeriod)
+        );
         assert_eq!(classify_row(Some(start), Some(start + minute), MARCH_2021), None);
         // A trip starting in the last second of the month and ending in the next is the month's trip.
-        assert_eq!(classify_row(Some(MARCH_2021.1 - 1), Some(MARCH_2021.1 + minute), MARCH_2021), None);
+        assert_eq!(
+            classify_row(Some(MARCH_2021.1 - 1), Some(MARCH_2021.1 + minute), MARCH_2021),
+            None
+        );
     }
 
     #[test]
@@ -301,8 +359,23 @@ mod tests {
         let (kept, rejected) = split_batch(&batch, "2021-03".parse().unwrap(), &mut counts).unwrap();
         assert_eq!(kept.num_rows(), 1);
         assert_eq!(rejected.num_rows(), 3);
-        assert_eq!(counts, RejectCounts { null_timestamp: 1, non_positive_duration: 1, outside_period: 1 });
-        let reasons = rejected.column_by_name(REJECT_REASON).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(reasons.iter().flatten().collect::<Vec<_>>(), ["null_timestamp", "non_positive_duration", "outside_period"]);
+        assert_eq!(
+            counts,
+            RejectCounts {
+                null_timestamp: 1,
+                non_positive_duration: 1,
+                outside_period: 1
+            }
+        );
+        let reasons = rejected
+            .column_by_name(REJECT_REASON)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(
+            reasons.iter().flatten().collect::<Vec<_>>(),
+            ["null_timestamp", "non_positive_duration", "outside_period"]
+        );
     }
 }

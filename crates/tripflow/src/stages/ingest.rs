@@ -73,7 +73,10 @@ impl Source {
         if let Some(rest) = raw.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             if store.describe() != format!("s3://{bucket}") || key.is_empty() {
-                return Err(Error::InvalidInput(format!("{raw} is not an object of {}", store.describe())));
+                return Err(Error::InvalidInput(format!(
+                    "{raw} is not an object of {}",
+                    store.describe()
+                )));
             }
             return Ok(Source::StoreKey(key.to_string()));
         }
@@ -139,7 +142,10 @@ impl Source {
 }
 
 fn unavailable(url: &str, err: impl std::fmt::Display) -> Error {
-    Error::SourceUnavailable { url: url.to_string(), detail: err.to_string() }
+    Error::SourceUnavailable {
+        url: url.to_string(),
+        detail: err.to_string(),
+    }
 }
 
 async fn open_local(path: &std::path::Path) -> Result<ByteStream> {
@@ -151,7 +157,10 @@ async fn open_local(path: &std::path::Path) -> Result<ByteStream> {
     })?;
     let stream = futures::stream::try_unfold((file, name), |(mut file, name)| async move {
         let mut buf = vec![0u8; 1 << 20];
-        let read = file.read(&mut buf).await.map_err(|e| Error::storage("reading", name.clone(), e))?;
+        let read = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::storage("reading", name.clone(), e))?;
         if read == 0 {
             return Ok(None);
         }
@@ -215,10 +224,20 @@ impl EndsKeeper {
 fn footer_of(key: &str, streamed: &Streamed) -> Result<ParquetMetaData> {
     const MAGIC: &[u8] = b"PAR1";
     if streamed.head != MAGIC {
-        let detail = if streamed.size == 0 { "the file is empty".to_string() } else { "no PAR1 magic at the start".to_string() };
-        return Err(Error::NotParquet { key: key.to_string(), detail });
+        let detail = if streamed.size == 0 {
+            "the file is empty".to_string()
+        } else {
+            "no PAR1 magic at the start".to_string()
+        };
+        return Err(Error::NotParquet {
+            key: key.to_string(),
+            detail,
+        });
     }
-    let truncated = |detail: String| Error::TruncatedParquet { key: key.to_string(), detail };
+    let truncated = |detail: String| Error::TruncatedParquet {
+        key: key.to_string(),
+        detail,
+    };
     let tail = &streamed.tail;
     if streamed.size < 12 || tail.len() < 8 || &tail[tail.len() - 4..] != MAGIC {
         return Err(truncated("no PAR1 magic at the end: the file was cut off".into()));
@@ -227,10 +246,14 @@ fn footer_of(key: &str, streamed: &Streamed) -> Result<ParquetMetaData> {
     len_bytes.copy_from_slice(&tail[tail.len() - 8..tail.len() - 4]);
     let footer_len = u32::from_le_bytes(len_bytes) as usize;
     if (footer_len as u64) + 12 > streamed.size {
-        return Err(truncated(format!("footer claims {footer_len} bytes, more than the file holds")));
+        return Err(truncated(format!(
+            "footer claims {footer_len} bytes, more than the file holds"
+        )));
     }
     if footer_len + 8 > tail.len() {
-        return Err(truncated(format!("footer of {footer_len} bytes exceeds the {TAIL_BYTES}-byte limit")));
+        return Err(truncated(format!(
+            "footer of {footer_len} bytes exceeds the {TAIL_BYTES}-byte limit"
+        )));
     }
     let footer = &tail[tail.len() - 8 - footer_len..tail.len() - 8];
     ParquetMetaDataReader::decode_metadata(footer).map_err(|e| truncated(format!("unreadable footer: {e}")))
@@ -241,7 +264,9 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
     let source = Source::parse(&input.source, store)?;
     let name = file_name_of(&input.source).to_string();
     let period = resolve_period(&name, input.period)?;
-    let dataset = TlcFileName::parse(&name).map(|n| n.dataset).unwrap_or_else(|| "yellow".to_string());
+    let dataset = TlcFileName::parse(&name)
+        .map(|n| n.dataset)
+        .unwrap_or_else(|| "yellow".to_string());
     let layout = Layout::new(dataset.clone(), period);
     let raw_key = layout.raw_key();
 
@@ -251,7 +276,8 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
         .map_err(|e| Error::InvalidInput(format!("HTTP client: {e}")))?;
     let expected_md5 = match &input.expected_md5 {
         Some(given) => Some(
-            parse_md5_hex(given).ok_or_else(|| Error::InvalidInput(format!("expected_md5 {given:?} is not a hex MD5")))?,
+            parse_md5_hex(given)
+                .ok_or_else(|| Error::InvalidInput(format!("expected_md5 {given:?} is not a hex MD5")))?,
         ),
         None => source.sidecar_md5(store, &http).await?,
     };
@@ -268,20 +294,25 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
             sink.write(chunk).await?;
         }
         let size = md5.bytes();
-        Ok::<_, Error>(Streamed { md5: md5.finish_hex(), size, head: ends.head, tail: ends.tail })
+        Ok::<_, Error>(Streamed {
+            md5: md5.finish_hex(),
+            size,
+            head: ends.head,
+            tail: ends.tail,
+        })
     }
     .await;
 
     // Everything is decided before the raw object is published: a bad source leaves nothing behind.
     let checked = streamed.and_then(|streamed| {
-        if let Some(expected) = &expected_md5 {
-            if *expected != streamed.md5 {
-                return Err(Error::ChecksumMismatch {
-                    key: source.name(),
-                    expected: expected.clone(),
-                    actual: streamed.md5.clone(),
-                });
-            }
+        if let Some(expected) = &expected_md5
+            && *expected != streamed.md5
+        {
+            return Err(Error::ChecksumMismatch {
+                key: source.name(),
+                expected: expected.clone(),
+                actual: streamed.md5.clone(),
+            });
         }
         let metadata = footer_of(&source.name(), &streamed)?;
         let arrow_schema = parquet::arrow::parquet_to_arrow_schema(
@@ -316,16 +347,25 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
         row_groups: metadata.num_row_groups(),
         schema_variant: contract.variant,
     };
-    Manifest::new(STAGE, layout.source_id(), vec![ManifestObject { object: raw, rows }], output.clone())
-        .write(store, &output.manifest_key)
-        .await?;
+    Manifest::new(
+        STAGE,
+        layout.source_id(),
+        vec![ManifestObject { object: raw, rows }],
+        output.clone(),
+    )
+    .write(store, &output.manifest_key)
+    .await?;
     info!(rows, row_groups = output.row_groups, size_bytes = output.size_bytes, md5 = %output.md5, variant = %output.schema_variant, "ingest done");
     Ok(output)
 }
 
 /// Reads and checks the ingest manifest, then re-hashes the raw object: the guard every later stage
 /// runs before trusting its input.
-pub async fn verified_manifest(store: &Arc<dyn ObjectStore>, layout: &Layout, manifest_key: &str) -> Result<Manifest<IngestOutput>> {
+pub async fn verified_manifest(
+    store: &Arc<dyn ObjectStore>,
+    layout: &Layout,
+    manifest_key: &str,
+) -> Result<Manifest<IngestOutput>> {
     let manifest = Manifest::<IngestOutput>::read(store.as_ref(), manifest_key, STAGE, &layout.source_id()).await?;
     manifest.verify_objects(store.as_ref()).await?;
     Ok(manifest)
@@ -346,14 +386,29 @@ mod tests {
 
     #[test]
     fn a_stream_without_magic_is_not_parquet_and_a_cut_one_is_truncated() {
-        let plain = Streamed { md5: String::new(), size: 20, head: b"<htm".to_vec(), tail: b"<html></html>".to_vec() };
+        let plain = Streamed {
+            md5: String::new(),
+            size: 20,
+            head: b"<htm".to_vec(),
+            tail: b"<html></html>".to_vec(),
+        };
         assert_eq!(footer_of("k", &plain).unwrap_err().name(), "NotParquet");
-        let cut = Streamed { md5: String::new(), size: 5000, head: b"PAR1".to_vec(), tail: vec![7u8; 64] };
+        let cut = Streamed {
+            md5: String::new(),
+            size: 5000,
+            head: b"PAR1".to_vec(),
+            tail: vec![7u8; 64],
+        };
         assert_eq!(footer_of("k", &cut).unwrap_err().name(), "TruncatedParquet");
         let mut lying = vec![0u8; 16];
         lying.extend_from_slice(&9999u32.to_le_bytes());
         lying.extend_from_slice(b"PAR1");
-        let lying = Streamed { md5: String::new(), size: 24, head: b"PAR1".to_vec(), tail: lying };
+        let lying = Streamed {
+            md5: String::new(),
+            size: 24,
+            head: b"PAR1".to_vec(),
+            tail: lying,
+        };
         assert_eq!(footer_of("k", &lying).unwrap_err().name(), "TruncatedParquet");
     }
 }

@@ -82,7 +82,10 @@ struct Row {
 }
 
 fn int_col<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::PrimitiveArray<Int32Type>> {
-    batch.column_by_name(name).and_then(|c| c.as_primitive_opt::<Int32Type>()).ok_or_else(|| Error::schema_drift(name, "expected int32"))
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<Int32Type>())
+        .ok_or_else(|| Error::schema_drift(name, "expected int32"))
 }
 
 fn float_col<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::PrimitiveArray<Float64Type>> {
@@ -92,7 +95,12 @@ fn float_col<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array:
         .ok_or_else(|| Error::schema_drift(name, "expected float64"))
 }
 
-async fn copy_batch(writer: std::pin::Pin<&mut BinaryCopyInWriter>, batch: &RecordBatch, source_id: &str, date: NaiveDate) -> Result<()> {
+async fn copy_batch(
+    writer: std::pin::Pin<&mut BinaryCopyInWriter>,
+    batch: &RecordBatch,
+    source_id: &str,
+    date: NaiveDate,
+) -> Result<()> {
     let ints = [
         int_col(batch, col::VENDOR_ID)?,
         int_col(batch, col::PASSENGER_COUNT)?,
@@ -123,7 +131,9 @@ async fn copy_batch(writer: std::pin::Pin<&mut BinaryCopyInWriter>, batch: &Reco
         .and_then(|c| c.as_primitive_opt::<Int64Type>())
         .ok_or_else(|| Error::schema_drift(DURATION_S, "expected int64"))?;
     let to_time = |a: &arrow::array::PrimitiveArray<TimestampMicrosecondType>, i: usize| {
-        a.is_valid(i).then(|| DateTime::from_timestamp_micros(a.value(i)).map(|t| t.naive_utc())).flatten()
+        a.is_valid(i)
+            .then(|| DateTime::from_timestamp_micros(a.value(i)).map(|t| t.naive_utc()))
+            .flatten()
     };
     let mut writer = writer;
     for i in 0..batch.num_rows() {
@@ -168,7 +178,10 @@ pub fn partition_date(key: &str) -> Result<NaiveDate> {
     key.split('/')
         .find_map(|segment| segment.strip_prefix("pickup_date="))
         .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-        .ok_or_else(|| Error::IntegrityError { key: key.to_string(), detail: "no pickup_date=YYYY-MM-DD partition".into() })
+        .ok_or_else(|| Error::IntegrityError {
+            key: key.to_string(),
+            detail: "no pickup_date=YYYY-MM-DD partition".into(),
+        })
 }
 
 pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> Result<LoadOutput> {
@@ -176,7 +189,8 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     let layout = Layout::new(input.dataset.clone(), input.period);
     let source_id = layout.source_id();
     let store = &ctx.store;
-    let manifest = Manifest::<TransformOutput>::read(store.as_ref(), &input.manifest_key, transform::STAGE, &source_id).await?;
+    let manifest =
+        Manifest::<TransformOutput>::read(store.as_ref(), &input.manifest_key, transform::STAGE, &source_id).await?;
     manifest.verify_objects(store.as_ref()).await?;
     let manifest_md5 = md5_of(store.as_ref(), &input.manifest_key).await?.md5;
     let rows_curated = manifest.output.rows_curated;
@@ -184,28 +198,43 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     db::apply_schema(client).await?;
     let tx = client.transaction().await.map_err(classify)?;
     // hashtextextended gives a 64-bit key per source: loads of the same source queue here.
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&source_id]).await.map_err(classify)?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&source_id])
+        .await
+        .map_err(classify)?;
     let rows_replaced = tx
-        .execute(&format!("DELETE FROM {TRIPS_TABLE} WHERE source_id = $1"), &[&source_id])
+        .execute(
+            &format!("DELETE FROM {TRIPS_TABLE} WHERE source_id = $1"),
+            &[&source_id],
+        )
         .await
         .map_err(classify)?;
 
     let column_list = COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
-    let sink = tx.copy_in(&format!("COPY {TRIPS_TABLE} ({column_list}) FROM STDIN BINARY")).await.map_err(classify)?;
+    let sink = tx
+        .copy_in(&format!("COPY {TRIPS_TABLE} ({column_list}) FROM STDIN BINARY"))
+        .await
+        .map_err(classify)?;
     let types: Vec<Type> = COLUMNS.iter().map(|(_, t)| t.clone()).collect();
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
     for entry in &manifest.objects {
         let date = partition_date(&entry.object.key)?;
         let (_, mut stream) = open_stream(store, &entry.object.key, None).await?;
-        while let Some(batch) = stream.try_next().await.map_err(|e| decode_error(&entry.object.key, e))? {
+        while let Some(batch) = stream
+            .try_next()
+            .await
+            .map_err(|e| decode_error(&entry.object.key, e))?
+        {
             copy_batch(writer.as_mut(), &batch, &source_id, date).await?;
         }
     }
     let copied = writer.finish().await.map_err(classify)?;
 
     let loaded: i64 = tx
-        .query_one(&format!("SELECT count(*) FROM {TRIPS_TABLE} WHERE source_id = $1"), &[&source_id])
+        .query_one(
+            &format!("SELECT count(*) FROM {TRIPS_TABLE} WHERE source_id = $1"),
+            &[&source_id],
+        )
         .await
         .map_err(classify)?
         .get(0);
@@ -213,7 +242,11 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     if rows_loaded != rows_curated {
         // Dropping the transaction rolls it back: the previous rows stay as they were.
         tx.rollback().await.map_err(classify)?;
-        return Err(Error::LoadCountMismatch { source_id, expected: rows_curated, loaded: rows_loaded });
+        return Err(Error::LoadCountMismatch {
+            source_id,
+            expected: rows_curated,
+            loaded: rows_loaded,
+        });
     }
     tx.execute(
         "INSERT INTO tripflow.load_runs (source_id, manifest_key, manifest_md5, rows_curated, rows_loaded, rows_replaced, started_at) \
@@ -255,13 +288,19 @@ mod tests {
     fn partition_date_comes_from_the_key() {
         let key = "curated/yellow/pickup_date=2021-03-07/yellow_tripdata_2021-03.parquet";
         assert_eq!(partition_date(key).unwrap().to_string(), "2021-03-07");
-        assert_eq!(partition_date("curated/yellow/x.parquet").unwrap_err().name(), "IntegrityError");
+        assert_eq!(
+            partition_date("curated/yellow/x.parquet").unwrap_err().name(),
+            "IntegrityError"
+        );
     }
 
     #[test]
     fn copy_columns_match_the_schema_file() {
         for (name, _) in COLUMNS {
-            assert!(db::SCHEMA_SQL.contains(&format!("    {name} ")), "{name} missing from table.sql");
+            assert!(
+                db::SCHEMA_SQL.contains(&format!("    {name} ")),
+                "{name} missing from table.sql"
+            );
         }
     }
 }

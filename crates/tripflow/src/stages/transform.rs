@@ -7,6 +7,7 @@
 //! buffers together pass the memory budget, so memory does not grow with the file.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
@@ -59,7 +60,11 @@ pub struct TransformOutput {
 }
 
 static CURATED: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let mut fields: Vec<Field> = contract::canonical_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = contract::canonical_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new(DURATION_S, DataType::Int64, false));
     fields.push(Field::new(SPEED_MPH, DataType::Float64, true));
     fields.push(Field::new(PICKUP_WEEK, DataType::Int32, false));
@@ -126,14 +131,23 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
     for row in 0..rows {
         // Clean guarantees both timestamps are present and dropoff > pickup.
         if pickup.is_null(row) || dropoff.is_null(row) {
-            return Err(Error::IntegrityError { key: "clean batch".into(), detail: "null timestamp after clean".into() });
+            return Err(Error::IntegrityError {
+                key: "clean batch".into(),
+                detail: "null timestamp after clean".into(),
+            });
         }
         let duration_s = (dropoff.value(row) - pickup.value(row)) / 1_000_000;
         let date = DateTime::from_timestamp_micros(pickup.value(row))
             .map(|t| t.date_naive())
-            .ok_or_else(|| Error::IntegrityError { key: "clean batch".into(), detail: "pickup out of range".into() })?;
+            .ok_or_else(|| Error::IntegrityError {
+                key: "clean batch".into(),
+                detail: "pickup out of range".into(),
+            })?;
         durations.push(duration_s);
-        speeds.push(speed_mph(distance.is_valid(row).then(|| distance.value(row)), duration_s));
+        speeds.push(speed_mph(
+            distance.is_valid(row).then(|| distance.value(row)),
+            duration_s,
+        ));
         weeks.push(date.iso_week().week() as i32);
         dates.push(date);
     }
@@ -143,7 +157,10 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
         let column = match field.name().as_str() {
             col::PU_LOCATION_ID => pu.clone(),
             col::DO_LOCATION_ID => dropoff_ids.clone(),
-            name => batch.column_by_name(name).cloned().ok_or_else(|| Error::schema_drift(name, "missing"))?,
+            name => batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| Error::schema_drift(name, "missing"))?,
         };
         columns.push(column);
     }
@@ -166,8 +183,13 @@ fn group_by_date(dates: &[NaiveDate]) -> BTreeMap<NaiveDate, Vec<u32>> {
 pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformOutput> {
     let layout = Layout::new(input.dataset.clone(), input.period);
     let store = &ctx.store;
-    let manifest =
-        Manifest::<CleanOutput>::read(store.as_ref(), &input.manifest_key, super::clean::STAGE, &layout.source_id()).await?;
+    let manifest = Manifest::<CleanOutput>::read(
+        store.as_ref(),
+        &input.manifest_key,
+        super::clean::STAGE,
+        &layout.source_id(),
+    )
+    .await?;
     if manifest.output.verdict != Verdict::Ok {
         return Err(Error::InvalidInput(format!(
             "clean's verdict for {} is {:?}: nothing to transform",
@@ -192,20 +214,25 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
             swapped += swapped_here;
             for (date, rows) in group_by_date(&dates) {
-                let part = take_record_batch(&curated, &UInt32Array::from(rows)).map_err(|e| Error::InvalidInput(e.to_string()))?;
-                if !writers.contains_key(&date) {
-                    let sink =
-                        ParquetSink::create(store.as_ref(), &layout.curated_key(date), curated_schema(), ctx.config.row_group_rows)
-                            .await?;
-                    writers.insert(date, sink);
-                }
-                if let Some(writer) = writers.get_mut(&date) {
-                    writer.write(&part).await?;
-                }
+                let part = take_record_batch(&curated, &UInt32Array::from(rows))
+                    .map_err(|e| Error::InvalidInput(e.to_string()))?;
+                let writer = match writers.entry(date) {
+                    Entry::Occupied(open) => open.into_mut(),
+                    Entry::Vacant(slot) => {
+                        let key = layout.curated_key(date);
+                        slot.insert(
+                            ParquetSink::create(store.as_ref(), &key, curated_schema(), ctx.config.row_group_rows)
+                                .await?,
+                        )
+                    }
+                };
+                writer.write(&part).await?;
             }
             // Keep the sum of all open writers' buffers within budget by flushing the largest.
             while writers.values().map(ParquetSink::buffered_bytes).sum::<usize>() > ctx.config.write_buffer_bytes {
-                let Some(largest) = writers.values_mut().max_by_key(|w| w.buffered_bytes()) else { break };
+                let Some(largest) = writers.values_mut().max_by_key(|w| w.buffered_bytes()) else {
+                    break;
+                };
                 largest.flush().await?;
             }
         }
@@ -252,8 +279,16 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         partitions: objects.len(),
         location_ids_swapped: swapped,
     };
-    Manifest::new(STAGE, layout.source_id(), objects, output.clone()).write(store.as_ref(), &output.manifest_key).await?;
-    info!(rows_curated, partitions = output.partitions, location_ids_swapped = swapped, stale_partitions_removed = stale, "transform done");
+    Manifest::new(STAGE, layout.source_id(), objects, output.clone())
+        .write(store.as_ref(), &output.manifest_key)
+        .await?;
+    info!(
+        rows_curated,
+        partitions = output.partitions,
+        location_ids_swapped = swapped,
+        stale_partitions_removed = stale,
+        "transform done"
+    );
     Ok(output)
 }
 
@@ -295,13 +330,27 @@ mod tests {
         let batch = RecordBatch::try_new(schema, columns).unwrap();
         let (out, dates, swapped) = transform_batch(&batch, &LocationSwaps::default()).unwrap();
         assert_eq!(swapped, 3);
-        assert_eq!(int32s(&out, col::PU_LOCATION_ID).unwrap().values().to_vec(), vec![237, 100]);
-        assert_eq!(int32s(&out, col::DO_LOCATION_ID).unwrap().values().to_vec(), vec![161, 237]);
+        assert_eq!(
+            int32s(&out, col::PU_LOCATION_ID).unwrap().values().to_vec(),
+            vec![237, 100]
+        );
+        assert_eq!(
+            int32s(&out, col::DO_LOCATION_ID).unwrap().values().to_vec(),
+            vec![161, 237]
+        );
         assert_eq!(int32s(&out, PICKUP_WEEK).unwrap().values().to_vec(), vec![9, 10]);
-        let speed = out.column_by_name(SPEED_MPH).unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        let speed = out
+            .column_by_name(SPEED_MPH)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         assert_eq!(speed.value(0), 12.0);
         assert!(speed.is_null(1));
-        assert_eq!(dates.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["2021-03-07", "2021-03-08"]);
+        assert_eq!(
+            dates.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            ["2021-03-07", "2021-03-08"]
+        );
         assert_eq!(group_by_date(&dates).len(), 2);
     }
 }

@@ -30,7 +30,10 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(dataset: impl Into<String>, period: Period) -> Self {
-        Layout { dataset: dataset.into(), period }
+        Layout {
+            dataset: dataset.into(),
+            period,
+        }
     }
 
     /// `yellow/2021-03`: how the database and the reports name this source.
@@ -51,7 +54,12 @@ impl Layout {
     }
 
     pub fn quarantine_key(&self) -> String {
-        format!("{QUARANTINE}{}/period={}/{}", self.dataset, self.period, self.file_name())
+        format!(
+            "{QUARANTINE}{}/period={}/{}",
+            self.dataset,
+            self.period,
+            self.file_name()
+        )
     }
 
     /// The curated table's root: one table per dataset, partitioned by pickup date.
@@ -65,7 +73,12 @@ impl Layout {
     }
 
     pub fn curated_key(&self, pickup_date: NaiveDate) -> String {
-        format!("{}pickup_date={}/{}", self.curated_prefix(), pickup_date.format("%Y-%m-%d"), self.file_name())
+        format!(
+            "{}pickup_date={}/{}",
+            self.curated_prefix(),
+            pickup_date.format("%Y-%m-%d"),
+            self.file_name()
+        )
     }
 
     pub fn report_key(&self, stage: &str) -> String {
@@ -81,12 +94,19 @@ mod tests {
     fn keys_follow_the_documented_layout() {
         let layout = Layout::new("yellow", "2021-03".parse().unwrap());
         assert_eq!(layout.raw_key(), "raw/yellow/2021-03/yellow_tripdata_2021-03.parquet");
-        assert_eq!(layout.clean_key(), "clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet");
+        assert_eq!(
+            layout.clean_key(),
+            "clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet"
+        );
         assert_eq!(
             layout.curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap()),
             "curated/yellow/pickup_date=2021-03-07/yellow_tripdata_2021-03.parquet"
         );
-        assert!(layout.curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap()).starts_with(&layout.curated_period_prefix()));
+        assert!(
+            layout
+                .curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap())
+                .starts_with(&layout.curated_period_prefix())
+        );
         assert_eq!(layout.report_key("clean"), "reports/yellow/2021-03/clean.json");
         assert_eq!(layout.source_id(), "yellow/2021-03");
     }

@@ -28,8 +28,11 @@ impl LocalStore {
     /// Opens (creating if needed) the folder that holds the zones.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(root.join(STAGING_DIR)).map_err(|e| Error::storage("creating", root.display().to_string(), e))?;
-        let root = root.canonicalize().map_err(|e| Error::storage("opening", root.display().to_string(), e))?;
+        std::fs::create_dir_all(root.join(STAGING_DIR))
+            .map_err(|e| Error::storage("creating", root.display().to_string(), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| Error::storage("opening", root.display().to_string(), e))?;
         Ok(LocalStore { root })
     }
 
@@ -74,11 +77,16 @@ impl ObjectStore for LocalStore {
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
-        let file = fs::File::open(self.path_of(key)?).await.map_err(|e| not_found_or(e, "reading", key))?;
+        let file = fs::File::open(self.path_of(key)?)
+            .await
+            .map_err(|e| not_found_or(e, "reading", key))?;
         let key = key.to_string();
         let stream = futures::stream::try_unfold((file, key), |(mut file, key)| async move {
             let mut buf = BytesMut::zeroed(CHUNK_BYTES);
-            let read = file.read(&mut buf).await.map_err(|e| Error::storage("reading", key.clone(), e))?;
+            let read = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| Error::storage("reading", key.clone(), e))?;
             if read == 0 {
                 return Ok(None);
             }
@@ -89,12 +97,18 @@ impl ObjectStore for LocalStore {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        let mut file = fs::File::open(self.path_of(key)?).await.map_err(|e| not_found_or(e, "reading", key))?;
-        file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(|e| Error::storage("seeking", key, e))?;
+        let mut file = fs::File::open(self.path_of(key)?)
+            .await
+            .map_err(|e| not_found_or(e, "reading", key))?;
+        file.seek(std::io::SeekFrom::Start(range.start))
+            .await
+            .map_err(|e| Error::storage("seeking", key, e))?;
         let len = usize::try_from(range.end.saturating_sub(range.start))
             .map_err(|_| Error::InvalidInput(format!("range {range:?} too large")))?;
         let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf).await.map_err(|e| Error::storage("reading range of", key, e))?;
+        file.read_exact(&mut buf)
+            .await
+            .map_err(|e| Error::storage("reading range of", key, e))?;
         Ok(Bytes::from(buf))
     }
 
@@ -107,14 +121,26 @@ impl ObjectStore for LocalStore {
             NEXT.fetch_add(1, Ordering::Relaxed),
             crate::period::file_name_of(key)
         ));
-        let file = fs::File::create(&staging).await.map_err(|e| Error::storage("creating", key, e))?;
-        Ok(Box::new(LocalSink { key: key.to_string(), target, staging, file, md5: Md5Counter::new() }))
+        let file = fs::File::create(&staging)
+            .await
+            .map_err(|e| Error::storage("creating", key, e))?;
+        Ok(Box::new(LocalSink {
+            key: key.to_string(),
+            target,
+            staging,
+            file,
+            md5: Md5Counter::new(),
+        }))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         // Walk from the deepest existing folder the prefix names, then filter by the full prefix.
         let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
-        let start = if dir_part.is_empty() { self.root.clone() } else { self.path_of(dir_part)? };
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path_of(dir_part)?
+        };
         let mut keys = Vec::new();
         let mut pending = vec![start];
         while let Some(dir) = pending.pop() {
@@ -123,14 +149,23 @@ impl ObjectStore for LocalStore {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::storage("listing", prefix, e)),
             };
-            while let Some(entry) = entries.next_entry().await.map_err(|e| Error::storage("listing", prefix, e))? {
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| Error::storage("listing", prefix, e))?
+            {
                 let path = entry.path();
-                let Ok(relative) = path.strip_prefix(&self.root) else { continue };
+                let Ok(relative) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
                 let key = relative.to_string_lossy().replace('\\', "/");
                 if key.starts_with(STAGING_DIR) {
                     continue;
                 }
-                let file_type = entry.file_type().await.map_err(|e| Error::storage("listing", prefix, e))?;
+                let file_type = entry
+                    .file_type()
+                    .await
+                    .map_err(|e| Error::storage("listing", prefix, e))?;
                 if file_type.is_dir() {
                     if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) {
                         pending.push(path);
@@ -165,7 +200,10 @@ struct LocalSink {
 impl ObjectSink for LocalSink {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.md5.update(&chunk);
-        self.file.write_all(&chunk).await.map_err(|e| Error::storage("writing", self.key.clone(), e))
+        self.file
+            .write_all(&chunk)
+            .await
+            .map_err(|e| Error::storage("writing", self.key.clone(), e))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
@@ -184,7 +222,11 @@ impl ObjectSink for LocalSink {
             return Err(Error::storage("publishing", key, e));
         }
         let size_bytes = self.md5.bytes();
-        Ok(ObjectInfo { key, size_bytes, md5: self.md5.clone().finish_hex() })
+        Ok(ObjectInfo {
+            key,
+            size_bytes,
+            md5: self.md5.clone().finish_hex(),
+        })
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {
@@ -231,13 +273,26 @@ mod tests {
     async fn list_filters_by_partial_prefix_and_ranges_read_exact_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
-        for key in ["curated/y/pickup_date=2021-03-01/f", "curated/y/pickup_date=2021-04-01/f", "raw/x"] {
+        for key in [
+            "curated/y/pickup_date=2021-03-01/f",
+            "curated/y/pickup_date=2021-04-01/f",
+            "raw/x",
+        ] {
             put_bytes(&store, key, Bytes::from_static(b"0123456789")).await.unwrap();
         }
-        assert_eq!(store.list("curated/y/pickup_date=2021-03-").await.unwrap(), vec!["curated/y/pickup_date=2021-03-01/f"]);
-        assert_eq!(store.get_range("raw/x", 2..5).await.unwrap(), Bytes::from_static(b"234"));
+        assert_eq!(
+            store.list("curated/y/pickup_date=2021-03-").await.unwrap(),
+            vec!["curated/y/pickup_date=2021-03-01/f"]
+        );
+        assert_eq!(
+            store.get_range("raw/x", 2..5).await.unwrap(),
+            Bytes::from_static(b"234")
+        );
         assert_eq!(get_bytes(&store, "raw/x").await.unwrap().len(), 10);
-        assert!(matches!(store.get("raw/missing").await, Err(Error::ObjectNotFound { .. })));
+        assert!(matches!(
+            store.get("raw/missing").await,
+            Err(Error::ObjectNotFound { .. })
+        ));
         assert!(store.path_of("../etc/passwd").is_err());
         store.delete("raw/x").await.unwrap();
         store.delete("raw/x").await.unwrap();

@@ -93,7 +93,10 @@ pub async fn get_bytes(store: &dyn ObjectStore, key: &str) -> Result<Bytes> {
 
 pub async fn get_json<T: for<'de> Deserialize<'de>>(store: &dyn ObjectStore, key: &str) -> Result<T> {
     let body = get_bytes(store, key).await?;
-    serde_json::from_slice(&body).map_err(|e| Error::IntegrityError { key: key.to_string(), detail: e.to_string() })
+    serde_json::from_slice(&body).map_err(|e| Error::IntegrityError {
+        key: key.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 /// Streams the object through MD5 without keeping it. Used to verify an input against its manifest.
@@ -104,14 +107,21 @@ pub async fn md5_of(store: &dyn ObjectStore, key: &str) -> Result<ObjectInfo> {
     while let Some(chunk) = stream.try_next().await? {
         md5.update(&chunk);
     }
-    Ok(ObjectInfo { key: key.to_string(), size_bytes: md5.bytes(), md5: md5.finish_hex() })
+    Ok(ObjectInfo {
+        key: key.to_string(),
+        size_bytes: md5.bytes(),
+        md5: md5.finish_hex(),
+    })
 }
 
 /// Fails with `IntegrityError` unless `key` still has the size and MD5 a manifest recorded.
 pub async fn verify_object(store: &dyn ObjectStore, expected: &ObjectInfo) -> Result<()> {
     let actual = match md5_of(store, &expected.key).await {
         Err(Error::ObjectNotFound { key }) => {
-            return Err(Error::IntegrityError { key, detail: "listed in the manifest but missing from the store".into() });
+            return Err(Error::IntegrityError {
+                key,
+                detail: "listed in the manifest but missing from the store".into(),
+            });
         }
         other => other?,
     };

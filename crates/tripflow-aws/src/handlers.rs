@@ -1,0 +1,232 @@
+//! One function per Lambda. The binaries only build the state (once, at init) and hand each event
+//! to these; tests and the local Step Functions router call them in-process the same way.
+//!
+//! Every failure leaves here as a [`Diagnostic`] whose `error_type` is the pipeline's stable error
+//! name (`ChecksumMismatch`, `StorageUnavailable`, ...): what the state machine's `Retry` and
+//! `Catch` match on. Each failure is logged once, with its name and whether it is retryable.
+
+use std::sync::Arc;
+
+use lambda_runtime::Diagnostic;
+use tracing::{error, info};
+use tripflow::error::Error;
+use tripflow::stages::StageContext;
+use tripflow::stages::clean::{self, CleanInput, CleanOutput};
+use tripflow::stages::ingest::{self, IngestInput, IngestOutput, Source};
+use tripflow::stages::load::{self, LoadInput, LoadOutput};
+use tripflow::stages::transform::{self, TransformInput, TransformOutput};
+use tripflow::storage::Layout;
+
+use crate::catalog::CatalogCheck;
+use crate::db::Database;
+use crate::env::{ConfigError, LoadEnv, StageEnv, TriggerEnv};
+use crate::s3::{S3Store, s3_client};
+use crate::trigger::{Trigger, TriggerError, TriggerEvent, TriggerOutput};
+
+/// The Lambda error for a pipeline error: `errorType` is its stable name, `errorMessage` its text.
+pub fn diagnostic(err: &Error) -> Diagnostic {
+    Diagnostic {
+        error_type: err.name().to_string(),
+        error_message: err.to_string(),
+    }
+}
+
+fn trigger_diagnostic(err: &TriggerError) -> Diagnostic {
+    Diagnostic {
+        error_type: err.name().to_string(),
+        error_message: err.to_string(),
+    }
+}
+
+/// Logs a stage's outcome once and turns its error into a [`Diagnostic`].
+fn finish<T>(stage: &'static str, result: Result<T, Error>) -> Result<T, Diagnostic> {
+    result.map_err(|err| {
+        error!(stage, error_type = err.name(), retryable = err.is_retryable(), error = %err, "stage failed");
+        diagnostic(&err)
+    })
+}
+
+/// What the ingest, clean and transform functions hold between invocations: the S3 store and the
+/// pipeline configuration.
+#[derive(Debug, Clone)]
+pub struct StageState {
+    pub ctx: StageContext,
+}
+
+impl StageState {
+    pub fn new(ctx: StageContext) -> Self {
+        StageState { ctx }
+    }
+
+    /// The state of a deployed function: configuration from the environment, S3 from aws-config.
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let env = StageEnv::from_env()?;
+        let sdk = crate::load_sdk_config().await;
+        Ok(Self::from_parts(&sdk, env))
+    }
+
+    pub fn from_parts(sdk: &aws_config::SdkConfig, env: StageEnv) -> Self {
+        let store = S3Store::new(s3_client(sdk), env.bucket);
+        StageState::new(StageContext::new(Arc::new(store), env.pipeline))
+    }
+}
+
+/// Ingest from the bucket's own `s3://` objects or from `https://` URLs only. Local paths would read
+/// the function's own file system, and plain `http://` could reach the Lambda runtime API on
+/// localhost.
+fn check_lambda_source(state: &StageState, source: &str) -> Result<(), Error> {
+    match Source::parse(source, state.ctx.store.as_ref())? {
+        Source::StoreKey(_) => Ok(()),
+        Source::Url(url) if url.starts_with("https://") => Ok(()),
+        Source::Url(url) => Err(Error::InvalidInput(format!("{url}: only https:// sources are fetched"))),
+        Source::LocalPath(path) => Err(Error::InvalidInput(format!(
+            "{}: a Lambda ingests s3:// objects of its bucket or https:// URLs, not local paths",
+            path.display()
+        ))),
+    }
+}
+
+pub async fn handle_ingest(state: &StageState, input: IngestInput) -> Result<IngestOutput, Diagnostic> {
+    info!(source = %input.source, "ingest invoked");
+    let result = match check_lambda_source(state, &input.source) {
+        Ok(()) => ingest::run(&state.ctx, input).await,
+        Err(err) => Err(err),
+    };
+    finish(ingest::STAGE, result)
+}
+
+pub async fn handle_clean(state: &StageState, input: CleanInput) -> Result<CleanOutput, Diagnostic> {
+    info!(raw_key = %input.raw_key, "clean invoked");
+    finish(clean::STAGE, clean::run(&state.ctx, input).await)
+}
+
+pub async fn handle_transform(state: &StageState, input: TransformInput) -> Result<TransformOutput, Diagnostic> {
+    info!(clean_key = %input.clean_key, "transform invoked");
+    finish(transform::STAGE, transform::run(&state.ctx, input).await)
+}
+
+/// What the load function holds between invocations: the stage state, the database connection and,
+/// when configured, the Glue catalog check.
+#[derive(Debug)]
+pub struct LoadState {
+    pub stage: StageState,
+    pub db: Database,
+    pub catalog: Option<CatalogCheck>,
+}
+
+impl LoadState {
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let env = LoadEnv::from_env()?;
+        let sdk = crate::load_sdk_config().await;
+        Self::from_parts(&sdk, env).await
+    }
+
+    pub async fn from_parts(sdk: &aws_config::SdkConfig, env: LoadEnv) -> Result<Self, ConfigError> {
+        let db = Database::open(env.db, env.ca_file.as_deref(), Some(sdk)).await?;
+        let catalog = env
+            .glue
+            .map(|table| CatalogCheck::new(aws_sdk_glue::Client::new(sdk), table));
+        Ok(LoadState {
+            stage: StageState::from_parts(sdk, env.stage),
+            db,
+            catalog,
+        })
+    }
+}
+
+pub async fn handle_load(state: &LoadState, input: LoadInput) -> Result<LoadOutput, Diagnostic> {
+    info!(manifest_key = %input.manifest_key, "load invoked");
+    let result = async {
+        let ctx = &state.stage.ctx;
+        if let Some(catalog) = &state.catalog {
+            let prefix = Layout::new(input.dataset.clone(), input.period).curated_prefix();
+            catalog.verify(&format!("{}/{prefix}", ctx.store.describe())).await?;
+        }
+        let mut client = state.db.client().await?;
+        load::run(ctx, &mut client, input).await
+    }
+    .await;
+    finish(load::STAGE, result)
+}
+
+/// What the trigger function holds between invocations.
+#[derive(Debug, Clone)]
+pub struct TriggerState {
+    pub trigger: Trigger,
+}
+
+impl TriggerState {
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let env = TriggerEnv::from_env()?;
+        let sdk = crate::load_sdk_config().await;
+        Ok(Self::from_parts(&sdk, env))
+    }
+
+    pub fn from_parts(sdk: &aws_config::SdkConfig, env: TriggerEnv) -> Self {
+        TriggerState {
+            trigger: Trigger {
+                s3: s3_client(sdk),
+                sfn: aws_sdk_sfn::Client::new(sdk),
+                state_machine_arn: env.state_machine_arn,
+                bucket: env.bucket,
+            },
+        }
+    }
+}
+
+pub async fn handle_trigger(state: &TriggerState, event: TriggerEvent) -> Result<TriggerOutput, Diagnostic> {
+    match state.trigger.handle(&event).await {
+        Ok(output) => {
+            info!(
+                started = output.started.len(),
+                already_exists = output.already_exists.len(),
+                skipped = output.skipped.len(),
+                "trigger done"
+            );
+            Ok(output)
+        }
+        Err(err) => {
+            error!(error_type = err.name(), retryable = err.is_retryable(), error = %err, "trigger failed");
+            Err(trigger_diagnostic(&err))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagnostics_carry_the_stable_error_name_not_a_rust_type() {
+        let err = Error::ChecksumMismatch {
+            key: "landing/x".into(),
+            expected: "a".into(),
+            actual: "b".into(),
+        };
+        let diag = diagnostic(&err);
+        assert_eq!(diag.error_type, "ChecksumMismatch");
+        assert!(diag.error_message.contains("landing/x"));
+        let json = serde_json::to_value(&diag).unwrap();
+        assert_eq!(json["errorType"], "ChecksumMismatch");
+        for name in tripflow::error::ERROR_NAMES {
+            assert!(!name.contains("::"));
+        }
+    }
+
+    #[test]
+    fn trigger_errors_keep_the_pipeline_name_or_their_own() {
+        let storage = TriggerError::Pipeline(Error::StorageUnavailable {
+            action: "inspecting",
+            key: "landing/x".into(),
+            detail: "SlowDown".into(),
+        });
+        assert_eq!(trigger_diagnostic(&storage).error_type, "StorageUnavailable");
+        assert!(storage.is_retryable());
+        let refused = TriggerError::StartExecutionRejected {
+            name: "n".into(),
+            detail: "AccessDenied".into(),
+        };
+        assert_eq!(trigger_diagnostic(&refused).error_type, "StartExecutionRejected");
+        assert!(!refused.is_retryable());
+    }
+}

@@ -1,0 +1,498 @@
+//! Amazon S3 as the pipeline's object store. The stages see only [`ObjectStore`]; this is the one
+//! place that speaks S3.
+//!
+//! - Reads stream the body chunk by chunk; Parquet reads use ranged GETs so only the footer and the
+//!   projected column chunks travel.
+//! - Writes are all-or-nothing like the local store's: up to [`PART_BYTES`] are buffered and sent as
+//!   one PutObject; a larger object goes up as a multipart upload that only becomes visible when it
+//!   is completed in `finish`, and is aborted on `abort`, on any error, and when the sink is dropped.
+//! - Every written object carries its MD5 as user metadata `md5` (`x-amz-meta-md5`), and every
+//!   request body is sent with `Content-MD5`, so S3 itself refuses bytes damaged on the way.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+use tracing::{debug, info, warn};
+use tripflow::checksum::Md5Counter;
+use tripflow::error::{Error, Result};
+use tripflow::storage::{ByteStream, ObjectInfo, ObjectSink, ObjectStore};
+
+use crate::sdk_error::{self, Class};
+
+/// The single-PUT limit and the multipart part size. 8 MiB parts keep a Lambda's write buffer small
+/// and allow objects of up to 80 GB (10,000 parts); S3's minimum part size is 5 MiB.
+pub const PART_BYTES: usize = 8 << 20;
+/// The user metadata key that records an object's MD5 (`x-amz-meta-md5`).
+pub const MD5_METADATA_KEY: &str = "md5";
+/// CopyObject, used to attach the MD5 to a multipart object, accepts sources up to 5 GiB.
+const COPY_OBJECT_LIMIT: u64 = 5 << 30;
+
+/// A bucket as the pipeline's store. Keys are the zone keys of [`tripflow::storage::Layout`].
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        S3Store {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// An S3 client for `sdk`. Path-style addressing when an endpoint URL is set (moto, LocalStack and
+/// other stand-ins do not serve `bucket.host` names). Checksums only where S3 requires them: we send
+/// `Content-MD5` ourselves, and the SDK's default CRC32 on every upload part would make multipart
+/// completion demand per-part checksums that we do not track.
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> Client {
+    use aws_sdk_s3::config::{Builder, RequestChecksumCalculation};
+    let custom_endpoint = sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+    let config = Builder::from(sdk)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .force_path_style(custom_endpoint)
+        .build();
+    Client::from_conf(config)
+}
+
+/// Maps an S3 SDK error to the pipeline's error: transient failures are `StorageUnavailable`
+/// (retried by the state machine), a missing key `ObjectNotFound`, a refusal (access denied, missing
+/// bucket, bad request) `InvalidInput`, which no retry will fix.
+pub(crate) fn s3_error<E>(action: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let detail = sdk_error::describe(&err);
+    let code = sdk_error::code(&err);
+    match sdk_error::classify(&err) {
+        Class::Transient => Error::StorageUnavailable {
+            action,
+            key: key.to_string(),
+            detail,
+        },
+        Class::NotFound if code.as_deref() == Some("NoSuchBucket") => {
+            Error::InvalidInput(format!("{action} {key}: the bucket does not exist ({detail})"))
+        }
+        Class::NotFound => Error::ObjectNotFound { key: key.to_string() },
+        Class::Rejected => Error::InvalidInput(format!("{action} {key} refused by S3: {detail}")),
+    }
+}
+
+fn md5_base64(bytes: &[u8]) -> String {
+    aws_smithy_types::base64::encode(Md5::digest(bytes))
+}
+
+/// `CopySource` is `bucket/key` with the key URL-encoded (our keys carry `=`).
+fn copy_source(bucket: &str, key: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!("{bucket}/{}", utf8_percent_encode(key, KEEP))
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(head) => Ok(Some(
+                head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            )),
+            Err(err) => match s3_error("inspecting", key, err) {
+                Error::ObjectNotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error("reading", key, e))?;
+        let stream = futures::stream::try_unfold((object.body, key.to_string()), |(mut body, key)| async move {
+            match body.try_next().await {
+                Ok(Some(chunk)) => Ok(Some((chunk, (body, key)))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(Error::StorageUnavailable {
+                    action: "reading",
+                    key,
+                    detail: e.to_string(),
+                }),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        if range.end <= range.start {
+            return Ok(Bytes::new());
+        }
+        let wanted = range.end - range.start;
+        let short = |got: u64| Error::IntegrityError {
+            key: key.to_string(),
+            detail: format!(
+                "asked for bytes {}..{} and got {got}: the object is shorter than its reader was told",
+                range.start, range.end
+            ),
+        };
+        // HTTP ranges are inclusive at both ends.
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(header)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(err) if sdk_error::status(&err) == Some(416) => return Err(short(0)),
+            Err(err) => return Err(s3_error("reading a range of", key, err)),
+        };
+        let body = object.body.collect().await.map_err(|e| Error::StorageUnavailable {
+            action: "reading a range of",
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?;
+        let bytes = body.into_bytes();
+        if bytes.len() as u64 != wanted {
+            return Err(short(bytes.len() as u64));
+        }
+        Ok(bytes)
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectSink>> {
+        Ok(Box::new(S3Sink {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            buffer: BytesMut::new(),
+            md5: Md5Counter::new(),
+            upload: None,
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_error("listing", prefix, e))?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        match self.client.delete_object().bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(()),
+            Err(err) => match s3_error("deleting", key, err) {
+                Error::ObjectNotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+/// A multipart upload in progress.
+#[derive(Debug)]
+struct Multipart {
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+}
+
+/// A write to S3: one PutObject for small objects, a multipart upload for large ones.
+struct S3Sink {
+    client: Client,
+    bucket: String,
+    key: String,
+    /// Bytes not yet sent. Never more than `PART_BYTES` plus one written chunk.
+    buffer: BytesMut,
+    md5: Md5Counter,
+    /// Set once the object outgrows one part. Taken (left `None`) when completed or aborted, so
+    /// `Drop` knows whether an upload is still open.
+    upload: Option<Multipart>,
+}
+
+impl S3Sink {
+    async fn start_upload(&self) -> Result<Multipart> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .send()
+            .await
+            .map_err(|e| s3_error("starting the upload of", &self.key, e))?;
+        let upload_id = created
+            .upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::StorageUnavailable {
+                action: "starting the upload of",
+                key: self.key.clone(),
+                detail: "CreateMultipartUpload returned no upload id".into(),
+            })?;
+        debug!(key = %self.key, %upload_id, "multipart upload started");
+        Ok(Multipart {
+            upload_id,
+            parts: Vec::new(),
+        })
+    }
+
+    async fn upload_part(&mut self, body: Bytes) -> Result<()> {
+        if self.upload.is_none() {
+            self.upload = Some(self.start_upload().await?);
+        }
+        let Some(upload) = self.upload.as_mut() else {
+            return Err(Error::InvalidInput(format!(
+                "no multipart upload open for {}",
+                self.key
+            )));
+        };
+        let part_number = i32::try_from(upload.parts.len() + 1)
+            .map_err(|_| Error::InvalidInput(format!("{} has too many parts", self.key)))?;
+        let uploaded = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&upload.upload_id)
+            .part_number(part_number)
+            .content_md5(md5_base64(&body))
+            .content_length(body.len() as i64)
+            .body(SdkByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_error("uploading a part of", &self.key, e))?;
+        upload.parts.push(
+            CompletedPart::builder()
+                .part_number(part_number)
+                .set_e_tag(uploaded.e_tag().map(str::to_string))
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Sends every full part the buffer holds beyond the single-PUT limit.
+    async fn drain_full_parts(&mut self) -> Result<()> {
+        while self.buffer.len() > PART_BYTES {
+            let part = self.buffer.split_to(PART_BYTES).freeze();
+            self.upload_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn abort_upload(&mut self) -> Result<()> {
+        let Some(upload) = self.upload.take() else {
+            return Ok(());
+        };
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await
+            .map_err(|e| s3_error("aborting the upload of", &self.key, e))?;
+        debug!(key = %self.key, upload_id = %upload.upload_id, "multipart upload aborted");
+        Ok(())
+    }
+
+    async fn put_whole(&mut self, md5_hex: &str) -> Result<()> {
+        let body = std::mem::take(&mut self.buffer).freeze();
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .content_md5(md5_base64(&body))
+            .content_length(body.len() as i64)
+            .metadata(MD5_METADATA_KEY, md5_hex)
+            .body(SdkByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_error("writing", &self.key, e))?;
+        Ok(())
+    }
+
+    async fn complete_upload(&mut self, size: u64, md5_hex: &str) -> Result<()> {
+        let last = std::mem::take(&mut self.buffer).freeze();
+        if !last.is_empty() {
+            self.upload_part(last).await?;
+        }
+        let Some(upload) = self.upload.as_ref() else {
+            return Err(Error::InvalidInput(format!(
+                "no multipart upload open for {}",
+                self.key
+            )));
+        };
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&upload.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(upload.parts.clone()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| s3_error("completing the upload of", &self.key, e))?;
+        // Completed: nothing left to abort, and the object is now visible.
+        self.upload = None;
+        if size > COPY_OBJECT_LIMIT {
+            warn!(key = %self.key, size, "object too large to copy onto itself; its MD5 is only in the manifest");
+            return Ok(());
+        }
+        // A multipart ETag is not an MD5 and metadata cannot be set after the fact: copying the
+        // object onto itself with new metadata records it (and leaves a plain-MD5 ETag).
+        let copied = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .copy_source(copy_source(&self.bucket, &self.key))
+            .metadata_directive(MetadataDirective::Replace)
+            .metadata(MD5_METADATA_KEY, md5_hex)
+            .send()
+            .await;
+        if let Err(err) = copied {
+            // All-or-nothing: an object without its MD5 is not what `finish` promises.
+            let err = s3_error("recording the MD5 of", &self.key, err);
+            if let Err(cleanup) = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .send()
+                .await
+            {
+                warn!(key = %self.key, error = %sdk_error::describe(&cleanup), "could not remove object after failed copy");
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectSink for S3Sink {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.md5.update(&chunk);
+        self.buffer.extend_from_slice(&chunk);
+        if let Err(err) = self.drain_full_parts().await {
+            if let Err(abort_err) = self.abort_upload().await {
+                warn!(key = %self.key, error = %abort_err, "could not abort multipart upload after a failed part");
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
+        let size = self.md5.bytes();
+        let md5 = std::mem::take(&mut self.md5).finish_hex();
+        let multipart = self.upload.is_some();
+        let written = if multipart {
+            self.complete_upload(size, &md5).await
+        } else {
+            self.put_whole(&md5).await
+        };
+        if let Err(err) = written {
+            if let Err(abort_err) = self.abort_upload().await {
+                warn!(key = %self.key, error = %abort_err, "could not abort multipart upload after a failed finish");
+            }
+            return Err(err);
+        }
+        info!(key = %self.key, size, %md5, multipart, "object written");
+        Ok(ObjectInfo {
+            key: self.key.clone(),
+            size_bytes: size,
+            md5,
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.buffer.clear();
+        self.abort_upload().await
+    }
+}
+
+impl Drop for S3Sink {
+    /// A sink dropped mid-write (a stage that returned early, a cancelled future) would leave an
+    /// invisible but billed upload behind: abort it in the background when a runtime is there.
+    fn drop(&mut self) {
+        let Some(upload) = self.upload.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!(key = %self.key, upload_id = %upload.upload_id, "sink dropped outside a runtime; upload left open");
+            return;
+        };
+        let request = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload.upload_id);
+        let key = self.key.clone();
+        runtime.spawn(async move {
+            if let Err(err) = request.send().await {
+                warn!(%key, error = %sdk_error::describe(&err), "could not abort the upload of a dropped sink");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_encodes_the_key_but_keeps_its_slashes() {
+        assert_eq!(
+            copy_source("b", "curated/yellow/pickup_date=2021-03-01/y t.parquet"),
+            "b/curated/yellow/pickup_date%3D2021-03-01/y%20t.parquet"
+        );
+    }
+
+    #[test]
+    fn content_md5_is_the_base64_of_the_raw_digest() {
+        // RFC 1864's header form: base64 of the 16 digest bytes, not of the hex string.
+        assert_eq!(md5_base64(b""), "1B2M2Y8AsgTpgAmY7PhCfg==");
+    }
+}

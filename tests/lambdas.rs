@@ -1,0 +1,851 @@
+//! The Lambda handlers against a real S3, Glue and Step Functions API (moto in server mode) and a
+//! real PostgreSQL: each handler driven with its real input type, the trigger's de-duplication, the
+//! S3 store's ranged reads and multipart writes, and bad inputs arriving through S3.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_lambda_events::event::s3::S3Event;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tripflow::checksum::Md5Counter;
+use tripflow::config::PipelineConfig;
+use tripflow::generator::{GenSpec, write_month};
+use tripflow::stages::Verdict;
+use tripflow::stages::clean::{CleanInput, CleanOutput};
+use tripflow::stages::ingest::{IngestInput, IngestOutput};
+use tripflow::stages::load::{LoadInput, LoadOutput};
+use tripflow::stages::transform::{PICKUP_DATE, TransformInput, TransformOutput, curated_schema};
+use tripflow::storage::{ByteStream, ObjectSink, ObjectStore};
+use tripflow_aws::env::{DbSource, GlueTable, LoadEnv, StageEnv, TriggerEnv};
+use tripflow_aws::handlers::{
+    LoadState, StageState, TriggerState, handle_clean, handle_ingest, handle_load, handle_transform, handle_trigger,
+};
+use tripflow_aws::s3::{MD5_METADATA_KEY, PART_BYTES, S3Store};
+use tripflow_aws::trigger::TriggerEvent;
+use tripflow_tests::moto::Moto;
+use tripflow_tests::pg::TestPostgres;
+
+const BUCKET: &str = "tripflow-data";
+const MONTH: &str = "2021-03";
+const LANDING_KEY: &str = "landing/yellow_tripdata_2021-03.parquet";
+/// Between two looks at something that happens in the background (bounded by a deadline each time).
+const POLL: Duration = Duration::from_millis(20);
+
+fn md5_hex(bytes: &[u8]) -> String {
+    let mut md5 = Md5Counter::new();
+    md5.update(bytes);
+    md5.finish_hex()
+}
+
+/// What Step Functions does between two tasks: the output's JSON becomes the next input.
+fn pass_on<I: DeserializeOwned>(output: &impl Serialize) -> I {
+    serde_json::from_value(serde_json::to_value(output).unwrap()).unwrap()
+}
+
+/// One moto server with the pipeline bucket, and the stage state of a deployed function over it.
+struct World {
+    moto: Moto,
+    s3: aws_sdk_s3::Client,
+    sdk: aws_config::SdkConfig,
+    state: StageState,
+    dir: TempDir,
+}
+
+impl World {
+    async fn new() -> Self {
+        let moto = Moto::start();
+        let s3 = moto.create_bucket(BUCKET, true).await;
+        let sdk = moto.sdk_config().await;
+        let state = StageState::from_parts(
+            &sdk,
+            StageEnv {
+                bucket: BUCKET.into(),
+                pipeline: PipelineConfig::default(),
+            },
+        );
+        World {
+            moto,
+            s3,
+            sdk,
+            state,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn store(&self) -> Arc<dyn ObjectStore> {
+        self.state.ctx.store.clone()
+    }
+
+    fn generate(&self, rows: usize, seed: u64) -> Vec<u8> {
+        let path: PathBuf = self.dir.path().join(format!("gen-{seed}-{rows}.parquet"));
+        write_month(
+            &path,
+            GenSpec {
+                period: MONTH.parse().unwrap(),
+                rows,
+                seed,
+            },
+        )
+        .unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    /// Uploads like an outside producer would (a plain PutObject), returning the version id and ETag.
+    async fn land(&self, key: &str, body: &[u8]) -> (Option<String>, Option<String>) {
+        let put = self
+            .s3
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        (put.version_id().map(str::to_string), put.e_tag().map(str::to_string))
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        self.store().list(prefix).await.unwrap()
+    }
+
+    async fn open_uploads(&self) -> usize {
+        let uploads = self.s3.list_multipart_uploads().bucket(BUCKET).send().await.unwrap();
+        uploads.uploads().len()
+    }
+
+    async fn ingest(&self, md5: Option<&str>) -> Result<IngestOutput, lambda_runtime::Diagnostic> {
+        let input: IngestInput = serde_json::from_value(
+            json!({"source": format!("s3://{BUCKET}/{LANDING_KEY}"), "expected_md5": md5, "period": null}),
+        )
+        .unwrap();
+        handle_ingest(&self.state, input).await
+    }
+
+    /// Ingest, clean and transform through their handlers, each fed the previous one's output.
+    async fn run_to_curated(&self, rows: usize) -> TransformOutput {
+        let body = self.generate(rows, 11);
+        self.land(LANDING_KEY, &body).await;
+        let ingested = self.ingest(Some(&md5_hex(&body))).await.unwrap();
+        assert!(ingested.md5_verified);
+        let cleaned: CleanOutput = handle_clean(&self.state, pass_on(&ingested)).await.unwrap();
+        assert_eq!(cleaned.verdict, Verdict::Ok);
+        handle_transform(&self.state, pass_on::<TransformInput>(&cleaned))
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_landed_month_goes_through_the_ingest_clean_and_transform_handlers_on_s3() {
+    let world = World::new().await;
+    let body = world.generate(40_000, 7);
+    world.land(LANDING_KEY, &body).await;
+
+    let ingested = world.ingest(Some(&md5_hex(&body))).await.unwrap();
+    assert_eq!((ingested.rows, ingested.size_bytes), (40_000, body.len() as u64));
+    assert_eq!(ingested.md5, md5_hex(&body));
+    let cleaned: CleanOutput = handle_clean(&world.state, pass_on::<CleanInput>(&ingested))
+        .await
+        .unwrap();
+    assert_eq!(cleaned.rows_in, 40_000);
+    assert!(cleaned.rows_kept > 39_000 && cleaned.rows_kept < 40_000, "{cleaned:?}");
+    let transformed = handle_transform(&world.state, pass_on::<TransformInput>(&cleaned))
+        .await
+        .unwrap();
+    assert_eq!(transformed.rows_curated, cleaned.rows_kept);
+    let curated = world.keys(&transformed.curated_prefix).await;
+    assert_eq!(curated.len(), transformed.partitions);
+    assert!(curated.len() >= 28, "a partition per pickup day: {curated:?}");
+
+    // Every written object carries its MD5, and it is the MD5 of what S3 serves.
+    for zone in ["raw/", "clean/", "quarantine/", "curated/", "reports/"] {
+        let keys = world.keys(zone).await;
+        assert!(!keys.is_empty(), "{zone} is empty");
+        for key in keys {
+            let head = world.s3.head_object().bucket(BUCKET).key(&key).send().await.unwrap();
+            let recorded = head.metadata().and_then(|m| m.get(MD5_METADATA_KEY)).cloned();
+            let served = tripflow::storage::get_bytes(world.store().as_ref(), &key)
+                .await
+                .unwrap();
+            assert_eq!(recorded, Some(md5_hex(&served)), "{key}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_load_handler_checks_the_glue_table_and_loads_the_month_into_postgres() {
+    let world = World::new().await;
+    let pg = TestPostgres::start().await;
+    let transformed = world.run_to_curated(20_000).await;
+    let glue = aws_sdk_glue::Client::new(&world.sdk);
+    create_curated_table(&glue, &format!("s3://{BUCKET}/curated/yellow/"), &curated_columns()).await;
+    let state = load_state(&world, &pg, true).await;
+
+    let input: LoadInput = pass_on(&transformed);
+    let loaded: LoadOutput = handle_load(&state, input.clone()).await.unwrap();
+    assert_eq!(loaded.rows_loaded, transformed.rows_curated);
+    assert_eq!(loaded.rows_replaced, 0);
+    assert_eq!(pg.trip_count("yellow/2021-03").await as u64, transformed.rows_curated);
+
+    // A rerun replaces the month: still one copy of each trip.
+    let again = handle_load(&state, input).await.unwrap();
+    assert_eq!(
+        (again.rows_loaded, again.rows_replaced),
+        (transformed.rows_curated, transformed.rows_curated)
+    );
+    assert_eq!(pg.trip_count("yellow/2021-03").await as u64, transformed.rows_curated);
+}
+
+#[tokio::test]
+async fn a_glue_table_that_disagrees_with_the_curated_schema_fails_load_with_schema_drift() {
+    let world = World::new().await;
+    let pg = TestPostgres::start().await;
+    let transformed = world.run_to_curated(5_000).await;
+    let glue = aws_sdk_glue::Client::new(&world.sdk);
+    let mut columns = curated_columns();
+    columns.retain(|c| c != "speed_mph");
+    create_curated_table(&glue, &format!("s3://{BUCKET}/curated/yellow/"), &columns).await;
+    let state = load_state(&world, &pg, true).await;
+
+    let err = handle_load(&state, pass_on(&transformed)).await.unwrap_err();
+    assert_eq!(err.error_type, "SchemaDrift");
+    assert!(err.error_message.contains("speed_mph"), "{}", err.error_message);
+    assert_eq!(
+        pg.trip_count("yellow/2021-03").await,
+        0,
+        "nothing loaded when the catalog disagrees"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_glue_table_is_schema_drift_too() {
+    let world = World::new().await;
+    let pg = TestPostgres::start().await;
+    let transformed = world.run_to_curated(5_000).await;
+    let glue = aws_sdk_glue::Client::new(&world.sdk);
+    glue.create_database()
+        .database_input(
+            aws_sdk_glue::types::DatabaseInput::builder()
+                .name("tripflow")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let state = load_state(&world, &pg, true).await;
+    let err = handle_load(&state, pass_on(&transformed)).await.unwrap_err();
+    assert_eq!(err.error_type, "SchemaDrift", "{}", err.error_message);
+}
+
+#[tokio::test]
+async fn a_dropped_database_connection_costs_at_most_one_retryable_failure() {
+    let world = World::new().await;
+    let pg = TestPostgres::start().await;
+    let transformed = world.run_to_curated(5_000).await;
+    let state = load_state(&world, &pg, false).await;
+    let input: LoadInput = pass_on(&transformed);
+    handle_load(&state, input.clone()).await.unwrap();
+
+    // A failover or idle timeout, as the function sees it: the server ends its session.
+    let admin = pg.client().await;
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'tripflow-load' OR (datname = current_database() AND pid <> pg_backend_pid())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended >= 1, "the load function's session was not found");
+
+    match handle_load(&state, input.clone()).await {
+        Ok(loaded) => assert_eq!(loaded.rows_loaded, transformed.rows_curated),
+        Err(err) => {
+            assert_eq!(err.error_type, "DatabaseUnavailable", "{}", err.error_message);
+            let loaded = handle_load(&state, input).await.unwrap();
+            assert_eq!(loaded.rows_loaded, transformed.rows_curated);
+        }
+    }
+    assert_eq!(pg.trip_count("yellow/2021-03").await as u64, transformed.rows_curated);
+}
+
+#[tokio::test]
+async fn a_database_down_at_init_fails_the_invocation_as_retryable_not_the_init() {
+    let world = World::new().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let env = LoadEnv {
+        stage: StageEnv {
+            bucket: BUCKET.into(),
+            pipeline: PipelineConfig::default(),
+        },
+        db: DbSource::Url(format!("postgres://tripflow@127.0.0.1:{port}/tripflow")),
+        ca_file: None,
+        glue: None,
+    };
+    let state = LoadState::from_parts(&world.sdk, env).await.unwrap();
+    let input = LoadInput {
+        dataset: "yellow".into(),
+        period: MONTH.parse().unwrap(),
+        manifest_key: "reports/x".into(),
+    };
+    let err = handle_load(&state, input).await.unwrap_err();
+    assert_eq!(err.error_type, "DatabaseUnavailable", "{}", err.error_message);
+}
+
+fn curated_columns() -> Vec<String> {
+    let mut columns: Vec<String> = curated_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().to_ascii_lowercase())
+        .collect();
+    columns.push(PICKUP_DATE.into());
+    columns
+}
+
+/// Creates the table a crawler of `curated/yellow/` would: data columns plus the partition key.
+async fn create_curated_table(glue: &aws_sdk_glue::Client, location: &str, columns: &[String]) {
+    use aws_sdk_glue::types::{Column, DatabaseInput, StorageDescriptor, TableInput};
+    glue.create_database()
+        .database_input(DatabaseInput::builder().name("tripflow").build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let column = |name: &str| Column::builder().name(name).r#type("string").build().unwrap();
+    let data: Vec<Column> = columns
+        .iter()
+        .filter(|c| *c != PICKUP_DATE)
+        .map(|c| column(c))
+        .collect();
+    let partitions: Vec<Column> = columns
+        .iter()
+        .filter(|c| *c == PICKUP_DATE)
+        .map(|c| column(c))
+        .collect();
+    glue.create_table()
+        .database_name("tripflow")
+        .table_input(
+            TableInput::builder()
+                .name("yellow")
+                .storage_descriptor(
+                    StorageDescriptor::builder()
+                        .location(location)
+                        .set_columns(Some(data))
+                        .build(),
+                )
+                .set_partition_keys(Some(partitions))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn load_state(world: &World, pg: &TestPostgres, glue: bool) -> LoadState {
+    let env = LoadEnv {
+        stage: StageEnv {
+            bucket: BUCKET.into(),
+            pipeline: PipelineConfig::default(),
+        },
+        db: DbSource::Url(pg.url().to_string()),
+        ca_file: None,
+        glue: glue.then(|| GlueTable {
+            database: "tripflow".into(),
+            table: "yellow".into(),
+        }),
+    };
+    LoadState::from_parts(&world.sdk, env).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad inputs arriving through S3
+
+/// Ingest of the landed object fails with `name`, and no zone holds anything, nor any upload.
+async fn assert_ingest_refuses(world: &World, body: &[u8], md5: Option<&str>, name: &str) {
+    world.land(LANDING_KEY, body).await;
+    let err = world.ingest(md5).await.unwrap_err();
+    assert_eq!(err.error_type, name, "{}", err.error_message);
+    for zone in ["raw/", "clean/", "quarantine/", "curated/", "reports/"] {
+        assert!(world.keys(zone).await.is_empty(), "{zone} not empty after {name}");
+    }
+    assert_eq!(
+        world.open_uploads().await,
+        0,
+        "a multipart upload was left open after {name}"
+    );
+}
+
+#[tokio::test]
+async fn bad_sources_landing_in_s3_fail_ingest_with_their_name_and_leave_nothing_behind() {
+    let world = World::new().await;
+    let good = world.generate(20_000, 3);
+
+    assert_ingest_refuses(
+        &world,
+        &good,
+        Some("00000000000000000000000000000000"),
+        "ChecksumMismatch",
+    )
+    .await;
+    assert_ingest_refuses(&world, &good[..good.len() / 2], None, "TruncatedParquet").await;
+    assert_ingest_refuses(
+        &world,
+        b"VendorID,tpep_pickup_datetime\n1,2021-03-01 00:00:00\n",
+        None,
+        "NotParquet",
+    )
+    .await;
+    // Larger than one part: ingest's raw write had become a multipart upload, which must be aborted.
+    let big: Vec<u8> = (0..PART_BYTES * 2 + 12_345).map(|i| (i % 251) as u8).collect();
+    assert_ingest_refuses(&world, &big, None, "NotParquet").await;
+    assert_ingest_refuses(&world, &green_taxi_parquet(), None, "SchemaDrift").await;
+}
+
+/// A valid Parquet file with the green-taxi columns instead of the yellow ones.
+fn green_taxi_parquet() -> Vec<u8> {
+    use arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("VendorID", DataType::Int64, true),
+        Field::new("lpep_pickup_datetime", ts.clone(), true),
+        Field::new("lpep_dropoff_datetime", ts, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![1])),
+        Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_000_000_000])),
+        Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_600_000_000])),
+    ];
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let mut out = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    out
+}
+
+#[tokio::test]
+async fn the_ingest_handler_fetches_only_its_own_bucket_and_https() {
+    let world = World::new().await;
+    for (source, why) in [
+        ("/etc/passwd", "local path"),
+        ("http://127.0.0.1:9001/2018-06-01/runtime/invocation/next", "plain http"),
+        (
+            "s3://someone-elses-bucket/landing/yellow_tripdata_2021-03.parquet",
+            "other bucket",
+        ),
+    ] {
+        let input = IngestInput {
+            source: source.into(),
+            expected_md5: None,
+            period: None,
+        };
+        let err = handle_ingest(&world.state, input).await.unwrap_err();
+        assert_eq!(err.error_type, "InvalidInput", "{why}: {}", err.error_message);
+    }
+    let missing = IngestInput {
+        source: format!("s3://{BUCKET}/{LANDING_KEY}"),
+        expected_md5: None,
+        period: None,
+    };
+    assert_eq!(
+        handle_ingest(&world.state, missing).await.unwrap_err().error_type,
+        "ObjectNotFound"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The S3 store itself
+
+/// Counts the bytes each read brings back from the store it wraps.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn ObjectStore>,
+    bytes: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl ObjectStore for Counting {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn size(&self, key: &str) -> tripflow::Result<Option<u64>> {
+        self.inner.size(key).await
+    }
+    async fn get(&self, key: &str) -> tripflow::Result<ByteStream> {
+        let bytes = self.bytes.clone();
+        let stream = self.inner.get(key).await?;
+        Ok(Box::pin(stream.inspect_ok(move |chunk| {
+            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        })))
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> tripflow::Result<Bytes> {
+        let got = self.inner.get_range(key, range).await?;
+        self.bytes.fetch_add(got.len() as u64, Ordering::Relaxed);
+        Ok(got)
+    }
+    async fn create(&self, key: &str) -> tripflow::Result<Box<dyn ObjectSink>> {
+        self.inner.create(key).await
+    }
+    async fn list(&self, prefix: &str) -> tripflow::Result<Vec<String>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> tripflow::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn reading_one_column_of_a_parquet_object_fetches_a_fraction_of_it() {
+    let world = World::new().await;
+    let body = world.generate(100_000, 5);
+    world.land(LANDING_KEY, &body).await;
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counting: Arc<dyn ObjectStore> = Arc::new(Counting {
+        inner: world.store(),
+        bytes: bytes.clone(),
+    });
+
+    let (_, stream) = tripflow::parquet_io::open_stream(&counting, LANDING_KEY, Some(&["trip_distance"]))
+        .await
+        .unwrap();
+    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 100_000);
+    let fetched = bytes.load(Ordering::Relaxed);
+    assert!(
+        fetched * 4 < body.len() as u64,
+        "one column of ~18 should cost well under a quarter of the file: fetched {fetched} of {}",
+        body.len()
+    );
+}
+
+#[tokio::test]
+async fn a_ranged_get_returns_exactly_the_bytes_asked_for() {
+    let world = World::new().await;
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    world.land("landing/bytes.bin", &body).await;
+    let store = world.store();
+    for range in [0..4, 9_996..10_000, 1_234..5_678, 5..6] {
+        let got = store.get_range("landing/bytes.bin", range.clone()).await.unwrap();
+        assert_eq!(
+            got.as_ref(),
+            &body[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
+    }
+    assert!(store.get_range("landing/bytes.bin", 7..7).await.unwrap().is_empty());
+    let past_end = store.get_range("landing/bytes.bin", 9_000..10_001).await.unwrap_err();
+    assert_eq!(past_end.name(), "IntegrityError", "{past_end}");
+    assert_eq!(store.size("landing/bytes.bin").await.unwrap(), Some(10_000));
+}
+
+#[tokio::test]
+async fn a_write_larger_than_a_part_goes_up_in_parts_and_records_its_md5() {
+    let world = World::new().await;
+    let store = world.store();
+    let body: Vec<u8> = (0..PART_BYTES * 2 + 777).map(|i| (i % 253) as u8).collect();
+    let mut sink = store.create("clean/big.bin").await.unwrap();
+    // Uneven chunks, as a Parquet writer produces them.
+    for chunk in body.chunks(3 * 1024 * 1024 + 17) {
+        sink.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert!(
+        store.size("clean/big.bin").await.unwrap().is_none(),
+        "nothing is visible before finish"
+    );
+    let info = sink.finish().await.unwrap();
+    assert_eq!((info.size_bytes, info.md5.clone()), (body.len() as u64, md5_hex(&body)));
+    let head = world
+        .s3
+        .head_object()
+        .bucket(BUCKET)
+        .key("clean/big.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.metadata().and_then(|m| m.get(MD5_METADATA_KEY)), Some(&info.md5));
+    let served = tripflow::storage::get_bytes(store.as_ref(), "clean/big.bin")
+        .await
+        .unwrap();
+    assert_eq!(md5_hex(&served), info.md5);
+    assert_eq!(world.open_uploads().await, 0);
+}
+
+#[tokio::test]
+async fn an_aborted_or_dropped_multipart_write_leaves_no_object_and_no_upload() {
+    let world = World::new().await;
+    let store = world.store();
+    let part = Bytes::from(vec![1u8; PART_BYTES + 1]);
+
+    let mut aborted = store.create("curated/aborted.bin").await.unwrap();
+    aborted.write(part.clone()).await.unwrap();
+    assert_eq!(world.open_uploads().await, 1, "the write became a multipart upload");
+    aborted.abort().await.unwrap();
+    assert_eq!(world.open_uploads().await, 0);
+
+    let mut dropped = store.create("curated/dropped.bin").await.unwrap();
+    dropped.write(part).await.unwrap();
+    drop(dropped);
+    // The abort of a dropped sink runs in the background: wait for its effect, boundedly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world.open_uploads().await > 0 {
+        assert!(Instant::now() < deadline, "the dropped sink's upload was never aborted");
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(world.keys("curated/").await.is_empty());
+}
+
+#[tokio::test]
+async fn s3_failures_map_to_the_pipeline_errors_the_state_machine_matches() {
+    let world = World::new().await;
+    let store = world.store();
+    assert_eq!(
+        store.get("raw/missing.parquet").await.err().unwrap().name(),
+        "ObjectNotFound"
+    );
+    assert_eq!(
+        store.get_range("raw/missing.parquet", 0..4).await.unwrap_err().name(),
+        "ObjectNotFound"
+    );
+    assert_eq!(store.size("raw/missing.parquet").await.unwrap(), None);
+    store.delete("raw/missing.parquet").await.unwrap();
+
+    let no_bucket = S3Store::new(world.moto.s3_client().await, "no-such-bucket");
+    let err = no_bucket.list("raw/").await.unwrap_err();
+    assert_eq!(err.name(), "InvalidInput", "{err}");
+    assert!(!err.is_retryable());
+
+    // Nothing listens on the endpoint: transient, so the state machine retries it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = aws_sdk_s3::config::Builder::from(&world.sdk)
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .build();
+    let unreachable = S3Store::new(aws_sdk_s3::Client::from_conf(config), BUCKET);
+    let err = unreachable.size("raw/x").await.unwrap_err();
+    assert_eq!(err.name(), "StorageUnavailable", "{err}");
+    assert!(err.is_retryable());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trigger
+
+const PASS_MACHINE: &str = r#"{"StartAt":"Done","States":{"Done":{"Type":"Pass","End":true}}}"#;
+
+async fn trigger_world(execute: bool) -> (World, TriggerState, aws_sdk_sfn::Client, String) {
+    let world = World::new().await;
+    if execute {
+        world.moto.enable_state_machine_execution().await;
+    }
+    let sfn = aws_sdk_sfn::Client::new(&world.sdk);
+    let machine = sfn
+        .create_state_machine()
+        .name("tripflow")
+        .definition(PASS_MACHINE)
+        .role_arn("arn:aws:iam::123456789012:role/tripflow-states")
+        .send()
+        .await
+        .unwrap();
+    let arn = machine.state_machine_arn().to_string();
+    let state = TriggerState::from_parts(
+        &world.sdk,
+        TriggerEnv {
+            state_machine_arn: arn.clone(),
+            bucket: Some(BUCKET.into()),
+        },
+    );
+    (world, state, sfn, arn)
+}
+
+/// The sample event of `events/`, pointed at `key` with the given version and ETag.
+fn s3_event(key: &str, version: Option<&str>, etag: Option<&str>) -> TriggerEvent {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events/trigger-s3-put.json");
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let object = &mut event["Records"][0]["s3"]["object"];
+    object["key"] = json!(key);
+    object["versionId"] = json!(version);
+    object["eTag"] = json!(etag);
+    let parsed: S3Event = serde_json::from_value(event).unwrap();
+    TriggerEvent::S3(parsed)
+}
+
+fn eventbridge_event(key: &str, version: Option<&str>, etag: Option<&str>) -> TriggerEvent {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events/trigger-eventbridge-object-created.json");
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    event["detail"]["object"]["key"] = json!(key);
+    event["detail"]["object"]["version-id"] = json!(version);
+    event["detail"]["object"]["etag"] = json!(etag);
+    serde_json::from_value(event).unwrap()
+}
+
+async fn executions(sfn: &aws_sdk_sfn::Client, arn: &str) -> Vec<aws_sdk_sfn::types::ExecutionListItem> {
+    sfn.list_executions()
+        .state_machine_arn(arn)
+        .send()
+        .await
+        .unwrap()
+        .executions()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn two_identical_notifications_start_one_execution_with_the_ingest_input() {
+    let (world, state, sfn, arn) = trigger_world(false).await;
+    let body = world.generate(2_000, 1);
+    let (version, etag) = world.land(LANDING_KEY, &body).await;
+
+    let first = handle_trigger(&state, s3_event(LANDING_KEY, version.as_deref(), etag.as_deref()))
+        .await
+        .unwrap();
+    assert_eq!(first.started.len(), 1, "{first:?}");
+    // The same upload again, once as an S3 notification and once through EventBridge.
+    handle_trigger(&state, s3_event(LANDING_KEY, version.as_deref(), etag.as_deref()))
+        .await
+        .unwrap();
+    let bridged = handle_trigger(
+        &state,
+        eventbridge_event(LANDING_KEY, version.as_deref(), etag.as_deref()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        bridged.started, first.started,
+        "both notification kinds name the run alike"
+    );
+
+    let runs = executions(&sfn, &arn).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].name(), first.started[0]);
+    assert!(runs[0].name().starts_with("yellow_tripdata_2021-03-"));
+    let described = sfn
+        .describe_execution()
+        .execution_arn(runs[0].execution_arn())
+        .send()
+        .await
+        .unwrap();
+    let input: Value = serde_json::from_str(described.input().unwrap()).unwrap();
+    assert_eq!(
+        input,
+        json!({"source": format!("s3://{BUCKET}/{LANDING_KEY}"), "expected_md5": md5_hex(&body), "period": null}),
+        "a single-part ETag is the MD5 ingest verifies"
+    );
+    // And the execution input is exactly what the ingest function takes.
+    let _: IngestInput = serde_json::from_value(input).unwrap();
+}
+
+#[tokio::test]
+async fn a_late_duplicate_is_already_exists_and_a_new_version_starts_a_new_run() {
+    let (world, state, sfn, arn) = trigger_world(true).await;
+    let (v1, etag1) = world.land(LANDING_KEY, &world.generate(2_000, 1)).await;
+    let first = handle_trigger(&state, s3_event(LANDING_KEY, v1.as_deref(), etag1.as_deref()))
+        .await
+        .unwrap();
+    assert_eq!(first.started.len(), 1);
+    wait_until_finished(&sfn, &arn).await;
+
+    let late = handle_trigger(&state, s3_event(LANDING_KEY, v1.as_deref(), etag1.as_deref()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (late.started.len(), late.already_exists.clone()),
+        (0, first.started.clone())
+    );
+
+    let (v2, etag2) = world.land(LANDING_KEY, &world.generate(2_000, 2)).await;
+    assert_ne!(v1, v2);
+    let second = handle_trigger(&state, s3_event(LANDING_KEY, v2.as_deref(), etag2.as_deref()))
+        .await
+        .unwrap();
+    assert_eq!(second.started.len(), 1);
+    assert_ne!(second.started, first.started);
+    assert_eq!(executions(&sfn, &arn).await.len(), 2);
+}
+
+async fn wait_until_finished(sfn: &aws_sdk_sfn::Client, arn: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let runs = executions(sfn, arn).await;
+        if runs
+            .iter()
+            .all(|r| r.status() != &aws_sdk_sfn::types::ExecutionStatus::Running)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Pass state machine never finished: {runs:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test]
+async fn objects_outside_landing_sidecars_and_other_names_start_nothing() {
+    let (world, state, sfn, arn) = trigger_world(false).await;
+    for key in [
+        "raw/yellow/2021-03/yellow_tripdata_2021-03.parquet",
+        "landing/yellow_tripdata_2021-03.parquet.md5",
+        "landing/notes.txt",
+    ] {
+        let (version, etag) = world.land(key, b"x").await;
+        let output = handle_trigger(&state, s3_event(key, version.as_deref(), etag.as_deref()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (output.started.len(), output.skipped.len()),
+            (0, 1),
+            "{key}: {output:?}"
+        );
+    }
+    // A notification for an object deleted before the trigger ran: nothing to ingest, no error.
+    let gone = handle_trigger(&state, s3_event(LANDING_KEY, None, Some("0123")))
+        .await
+        .unwrap();
+    assert_eq!((gone.started.len(), gone.skipped.len()), (0, 1), "{gone:?}");
+    assert!(executions(&sfn, &arn).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_url_encoded_key_in_an_s3_notification_reaches_the_real_object() {
+    let (world, state, sfn, arn) = trigger_world(false).await;
+    let key = "landing/yellow_tripdata_2021-03 (resent).parquet";
+    let (version, etag) = world.land(key, &world.generate(1_000, 4)).await;
+    let encoded = "landing/yellow_tripdata_2021-03+%28resent%29.parquet";
+    let output = handle_trigger(&state, s3_event(encoded, version.as_deref(), etag.as_deref()))
+        .await
+        .unwrap();
+    assert_eq!(output.started.len(), 1, "{output:?}");
+    let runs = executions(&sfn, &arn).await;
+    let described = sfn
+        .describe_execution()
+        .execution_arn(runs[0].execution_arn())
+        .send()
+        .await
+        .unwrap();
+    let input: IngestInput = serde_json::from_str(described.input().unwrap()).unwrap();
+    assert_eq!(input.source, format!("s3://{BUCKET}/{key}"));
+
+    // And ingest takes it from there.
+    let ingested = handle_ingest(&world.state, input).await.unwrap();
+    assert!(ingested.md5_verified);
+    assert_eq!(ingested.rows, 1_000);
+}
