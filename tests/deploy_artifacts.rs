@@ -30,21 +30,16 @@ const LAMBDA_SERVICE_ERRORS: [&str; 4] = [
     "Lambda.TooManyRequestsException",
 ];
 /// The error names our functions raise for conditions that may pass on their own.
-const RETRYABLE_ERRORS: [&str; 3] = ["StorageUnavailable", "SourceUnavailable", "DatabaseUnavailable"];
+const RETRYABLE_ERRORS: &[&str] = tripflow::error::RETRYABLE_ERROR_NAMES;
+
 /// The error names our functions raise for conditions a retry would only repeat.
-const NON_RETRYABLE_ERRORS: [&str; 11] = [
-    "ChecksumMismatch",
-    "SchemaDrift",
-    "NotParquet",
-    "TruncatedParquet",
-    "UnknownPeriod",
-    "TooManyRejectedRows",
-    "LoadCountMismatch",
-    "IntegrityError",
-    "InvalidInput",
-    "ObjectNotFound",
-    "DatabaseError",
-];
+fn non_retryable_errors() -> Vec<&'static str> {
+    tripflow::error::ERROR_NAMES
+        .iter()
+        .copied()
+        .filter(|name| !RETRYABLE_ERRORS.contains(name))
+        .collect()
+}
 
 /// Where a run that failed with an error must end: the Fail state named for what went wrong, or
 /// `StageFailed` for everything without a name of its own.
@@ -768,7 +763,7 @@ fn every_lambda_task_retries_service_errors_with_jitter() {
         let retriers = task.state["Retry"]
             .as_array()
             .unwrap_or_else(|| panic!("{name} has no Retry"));
-        for error in LAMBDA_SERVICE_ERRORS.iter().chain(&RETRYABLE_ERRORS) {
+        for error in LAMBDA_SERVICE_ERRORS.iter().chain(RETRYABLE_ERRORS) {
             let retrier = retriers
                 .iter()
                 .find(|r| strings(&r["ErrorEquals"]).contains(error))
@@ -796,7 +791,7 @@ fn lambda_tasks_never_retry_errors_a_retry_would_only_repeat() {
         for retrier in task.state["Retry"].as_array().into_iter().flatten() {
             for error in strings(&retrier["ErrorEquals"]) {
                 assert!(
-                    !NON_RETRYABLE_ERRORS.contains(&error) && !matches!(error, "States.ALL" | "States.TaskFailed"),
+                    !non_retryable_errors().contains(&error) && !matches!(error, "States.ALL" | "States.TaskFailed"),
                     "{} retries {error}, which fails the same way every time",
                     task.name
                 );

@@ -413,31 +413,10 @@ async fn bad_sources_landing_in_s3_fail_ingest_with_their_name_and_leave_nothing
     // Larger than one part: ingest's raw write had become a multipart upload, which must be aborted.
     let big: Vec<u8> = (0..PART_BYTES * 2 + 12_345).map(|i| (i % 251) as u8).collect();
     assert_ingest_refuses(&world, &big, None, "NotParquet").await;
-    assert_ingest_refuses(&world, &green_taxi_parquet(), None, "SchemaDrift").await;
+    assert_ingest_refuses(&world, &tripflow_tests::data::green_taxi_parquet(), None, "SchemaDrift").await;
 }
 
 /// A valid Parquet file with the green-taxi columns instead of the yellow ones.
-fn green_taxi_parquet() -> Vec<u8> {
-    use arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("VendorID", DataType::Int64, true),
-        Field::new("lpep_pickup_datetime", ts.clone(), true),
-        Field::new("lpep_dropoff_datetime", ts, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(vec![1])),
-        Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_000_000_000])),
-        Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_600_000_000])),
-    ];
-    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let mut out = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    out
-}
 
 #[tokio::test]
 async fn the_ingest_handler_fetches_only_its_own_bucket_and_https() {

@@ -424,26 +424,9 @@ async fn a_truncated_parquet_file_is_refused() {
 
 #[tokio::test]
 async fn a_green_taxi_file_is_schema_drift() {
-    use arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     let setup = Setup::new().await;
     let source = setup.dir.path().join("yellow_tripdata_2021-03.parquet");
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("VendorID", DataType::Int64, true),
-        Field::new("lpep_pickup_datetime", ts.clone(), true),
-        Field::new("lpep_dropoff_datetime", ts, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(vec![1])),
-        Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_000_000_000])),
-        Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_600_000_000])),
-    ];
-    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&source).unwrap(), schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    std::fs::write(&source, tripflow_tests::data::green_taxi_parquet()).unwrap();
     let err = setup.run(&source, None).await.unwrap_err();
     assert!(
         matches!(&err, Error::SchemaDrift(d) if d.column == "tpep_pickup_datetime" && d.found.contains("green-taxi")),

@@ -475,25 +475,8 @@ async fn a_landing_file_that_is_not_parquet_fails_as_not_parquet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_green_taxi_file_in_landing_fails_as_schema_drift() {
-    use arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     let setup = Setup::new().await;
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("VendorID", DataType::Int64, true),
-        Field::new("lpep_pickup_datetime", ts.clone(), true),
-        Field::new("lpep_dropoff_datetime", ts, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(vec![1])),
-        Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_000_000_000])),
-        Arc::new(TimestampMicrosecondArray::from(vec![1_614_600_600_000_000])),
-    ];
-    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let mut bytes = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    let bytes = tripflow_tests::data::green_taxi_parquet();
     setup.upload(LANDING_KEY, bytes).await;
     let run = setup.execute("green", input(None)).await;
     setup.assert_failed_cleanly(&run, "SchemaDrift").await;

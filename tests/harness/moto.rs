@@ -91,44 +91,53 @@ impl Moto {
     }
 
     /// Starts a server with extra environment (`MOTO_PORT=<router port>` for a Lambda router).
+    ///
+    /// The free port is found by binding and releasing it, so another process (a test's PostgreSQL)
+    /// can take it before moto binds: moto then exits, and we try again on another port.
     pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        const ATTEMPTS: usize = 5;
         let server = moto_server_path();
-        let dir = tempfile::Builder::new()
-            .prefix("tripflow-moto-")
-            .tempdir()
-            .expect("temp dir");
-        let log = dir.path().join("moto.log");
-        let log_file = std::fs::File::create(&log).expect("moto log file");
-        let port = free_port();
-        let child = Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file handle"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server.display()));
-        let mut moto = Moto {
-            child,
-            port,
-            log,
-            _dir: dir,
-        };
-        moto.wait_until_ready();
-        moto
+        let mut last_log = String::new();
+        for _ in 0..ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("tripflow-moto-")
+                .tempdir()
+                .expect("temp dir");
+            let log = dir.path().join("moto.log");
+            let log_file = std::fs::File::create(&log).expect("moto log file");
+            let port = free_port();
+            let child = Command::new(&server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("log file handle"))
+                .stderr(log_file)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", server.display()));
+            let mut moto = Moto {
+                child,
+                port,
+                log,
+                _dir: dir,
+            };
+            if moto.wait_until_ready() {
+                return moto;
+            }
+            last_log = moto.log_text();
+        }
+        panic!("moto_server did not start in {ATTEMPTS} attempts; last log:\n{last_log}");
     }
 
-    fn wait_until_ready(&mut self) {
+    /// True once moto itself answers HTTP on its port (not merely something listening there);
+    /// false if the process exited first (port taken).
+    fn wait_until_ready(&mut self) -> bool {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "moto_server exited with {status} before answering; log:\n{}",
-                    self.log_text()
-                );
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            if self.answers_http() {
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
@@ -137,6 +146,23 @@ impl Moto {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn answers_http(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!(
+            "GET /moto-api/data.json HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            self.port
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
     }
 
     /// What the server logged so far (every request, and any traceback).

@@ -120,10 +120,7 @@ impl Error {
 
     /// Whether trying the same input again may succeed. The state machine retries only these.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::StorageUnavailable { .. } | Error::SourceUnavailable { .. } | Error::DatabaseUnavailable(_)
-        )
+        RETRYABLE_ERROR_NAMES.contains(&self.name())
     }
 
     pub fn schema_drift(column: impl Into<String>, found: impl Into<String>) -> Self {
@@ -159,5 +156,8 @@ pub const ERROR_NAMES: &[&str] = &[
     "DatabaseUnavailable",
     "DatabaseError",
 ];
+
+/// The names of the errors a retry may cure: the state machine's `Retry` lists exactly these.
+pub const RETRYABLE_ERROR_NAMES: &[&str] = &["StorageUnavailable", "SourceUnavailable", "DatabaseUnavailable"];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
