@@ -101,13 +101,7 @@ pub async fn read_metadata(store: &Arc<dyn ObjectStore>, key: &str) -> Result<(u
         return Err(truncated("no PAR1 at the end: the file was cut off".into()));
     }
     let mut reader = StoreFileReader::new(store.clone(), key, size);
-    let metadata = reader.get_metadata(None).await.map_err(|e| match e {
-        ParquetError::External(inner) => match inner.downcast::<Error>() {
-            Ok(ours) => *ours,
-            Err(other) => truncated(other.to_string()),
-        },
-        other => truncated(format!("unreadable footer: {other}")),
-    })?;
+    let metadata = reader.get_metadata(None).await.map_err(|e| decode_error(key, e))?;
     Ok((size, metadata))
 }
 

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::TryStreamExt;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use serde::{Deserialize, Serialize};
@@ -20,6 +19,7 @@ use crate::contract;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, ManifestObject};
 use crate::period::{Period, TlcFileName, file_name_of, resolve_period};
+use crate::storage::local::open_file_stream;
 use crate::storage::{ByteStream, Layout, ObjectStore, get_bytes};
 
 pub const STAGE: &str = "ingest";
@@ -92,7 +92,7 @@ impl Source {
     async fn open(&self, store: &dyn ObjectStore, http: &reqwest::Client) -> Result<ByteStream> {
         match self {
             Source::StoreKey(key) => store.get(key).await,
-            Source::LocalPath(path) => open_local(path).await,
+            Source::LocalPath(path) => open_file_stream(path, &path.display().to_string()).await,
             Source::Url(url) => open_url(http, url).await,
         }
     }
@@ -146,28 +146,6 @@ fn unavailable(url: &str, err: impl std::fmt::Display) -> Error {
         url: url.to_string(),
         detail: err.to_string(),
     }
-}
-
-async fn open_local(path: &std::path::Path) -> Result<ByteStream> {
-    use tokio::io::AsyncReadExt;
-    let name = path.display().to_string();
-    let file = tokio::fs::File::open(path).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::ObjectNotFound { key: name.clone() },
-        _ => Error::storage("opening", name.clone(), e),
-    })?;
-    let stream = futures::stream::try_unfold((file, name), |(mut file, name)| async move {
-        let mut buf = vec![0u8; 1 << 20];
-        let read = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| Error::storage("reading", name.clone(), e))?;
-        if read == 0 {
-            return Ok(None);
-        }
-        buf.truncate(read);
-        Ok(Some((Bytes::from(buf), (file, name))))
-    });
-    Ok(Box::pin(stream))
 }
 
 async fn open_url(http: &reqwest::Client, url: &str) -> Result<ByteStream> {

@@ -61,6 +61,27 @@ fn not_found_or(err: std::io::Error, action: &'static str, key: &str) -> Error {
     }
 }
 
+/// Streams a local file in chunks; `name` is what errors call it (a key, or a path).
+/// The local store and ingest's local-path sources share it.
+pub(crate) async fn open_file_stream(path: &Path, name: &str) -> Result<ByteStream> {
+    let file = fs::File::open(path)
+        .await
+        .map_err(|e| not_found_or(e, "reading", name))?;
+    let stream = futures::stream::try_unfold((file, name.to_string()), |(mut file, name)| async move {
+        let mut buf = BytesMut::zeroed(CHUNK_BYTES);
+        let read = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::storage("reading", name.clone(), e))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        buf.truncate(read);
+        Ok(Some((buf.freeze(), (file, name))))
+    });
+    Ok(Box::pin(stream))
+}
+
 #[async_trait]
 impl ObjectStore for LocalStore {
     fn describe(&self) -> String {
@@ -77,23 +98,7 @@ impl ObjectStore for LocalStore {
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
-        let file = fs::File::open(self.path_of(key)?)
-            .await
-            .map_err(|e| not_found_or(e, "reading", key))?;
-        let key = key.to_string();
-        let stream = futures::stream::try_unfold((file, key), |(mut file, key)| async move {
-            let mut buf = BytesMut::zeroed(CHUNK_BYTES);
-            let read = file
-                .read(&mut buf)
-                .await
-                .map_err(|e| Error::storage("reading", key.clone(), e))?;
-            if read == 0 {
-                return Ok(None);
-            }
-            buf.truncate(read);
-            Ok(Some((buf.freeze(), (file, key))))
-        });
-        Ok(Box::pin(stream))
+        open_file_stream(&self.path_of(key)?, key).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {

@@ -7,7 +7,7 @@
 //! half-written output.
 
 pub mod layout;
-mod local;
+pub(crate) mod local;
 
 use std::fmt::Debug;
 use std::ops::Range;
