@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS tripflow.trips (
     total_amount         double precision,
     congestion_surcharge double precision,
     airport_fee          double precision,
-    duration_s           bigint           NOT NULL CHECK (duration_s > 0),
+    duration_s           double precision NOT NULL CHECK (duration_s > 0),
     speed_mph            double precision,
     pickup_date          date             NOT NULL,
     pickup_week          integer          NOT NULL CHECK (pickup_week BETWEEN 1 AND 53)

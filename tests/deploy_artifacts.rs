@@ -43,7 +43,7 @@ fn non_retryable_errors() -> Vec<&'static str> {
 
 /// Where a run that failed with an error must end: the Fail state named for what went wrong, or
 /// `StageFailed` for everything without a name of its own.
-const FAIL_STATE_FOR: [(&str, &str); 20] = [
+const FAIL_STATE_FOR: [(&str, &str); 21] = [
     ("ChecksumMismatch", "ChecksumMismatch"),
     ("SchemaDrift", "SchemaDrift"),
     ("NotParquet", "NotParquet"),
@@ -52,6 +52,7 @@ const FAIL_STATE_FOR: [(&str, &str); 20] = [
     ("LoadCountMismatch", "LoadCountMismatch"),
     ("IntegrityError", "IntegrityError"),
     ("EmptySource", "EmptySource"),
+    ("SuspiciousShrink", "SuspiciousShrink"),
     ("CrawlerFailed", "CrawlerFailed"),
     ("UnknownPeriod", "StageFailed"),
     ("InvalidInput", "StageFailed"),
@@ -83,6 +84,7 @@ const STAGES: [Stage; 4] = [
             "verdict",
             "dataset",
             "period",
+            "run_id",
             "source",
             "raw_key",
             "manifest_key",
@@ -92,6 +94,7 @@ const STAGES: [Stage; 4] = [
             "rows",
             "row_groups",
             "schema_variant",
+            "allow_shrink",
         ],
     },
     Stage {
@@ -543,9 +546,10 @@ fn state_after(upto: usize) -> Value {
     let mut data = execution_input();
     let outputs = [
         json!({"verdict": "Ok", "dataset": "yellow", "period": "2021-03", "source": data["source"],
-            "raw_key": "raw/yellow/2021-03/yellow_tripdata_2021-03.parquet",
-            "manifest_key": "reports/yellow/2021-03/ingest.json", "size_bytes": 1000, "md5": "ab",
-            "md5_verified": false, "rows": 100, "row_groups": 1, "schema_variant": "2021"}),
+            "run_id": "20210401T000000Z-0a1b2c3d",
+            "raw_key": "raw/yellow/2021-03/run=20210401T000000Z-0a1b2c3d/yellow_tripdata_2021-03.parquet",
+            "manifest_key": "reports/yellow/2021-03/runs/20210401T000000Z-0a1b2c3d/ingest.json", "size_bytes": 1000, "md5": "ab",
+            "md5_verified": false, "rows": 100, "row_groups": 1, "schema_variant": "2021", "allow_shrink": false}),
         json!({"verdict": "Ok", "dataset": "yellow", "period": "2021-03",
             "clean_key": "clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet",
             "quarantine_key": "quarantine/yellow/period=2021-03/yellow_tripdata_2021-03.parquet",

@@ -431,16 +431,14 @@ async fn the_ingest_handler_fetches_only_its_own_bucket_and_https() {
     ] {
         let input = IngestInput {
             source: source.into(),
-            expected_md5: None,
-            period: None,
+            ..IngestInput::default()
         };
         let err = handle_ingest(&world.state, input).await.unwrap_err();
         assert_eq!(err.error_type, "InvalidInput", "{why}: {}", err.error_message);
     }
     let missing = IngestInput {
         source: format!("s3://{BUCKET}/{LANDING_KEY}"),
-        expected_md5: None,
-        period: None,
+        ..IngestInput::default()
     };
     assert_eq!(
         handle_ingest(&world.state, missing).await.unwrap_err().error_type,
@@ -724,8 +722,9 @@ async fn two_identical_notifications_start_one_execution_with_the_ingest_input()
     let input: Value = serde_json::from_str(described.input().unwrap()).unwrap();
     assert_eq!(
         input,
-        json!({"source": format!("s3://{BUCKET}/{LANDING_KEY}"), "expected_md5": md5_hex(&body), "period": null}),
-        "a single-part ETag is the MD5 ingest verifies"
+        json!({"source": format!("s3://{BUCKET}/{LANDING_KEY}"), "expected_md5": md5_hex(&body), "period": null,
+            "allow_shrink": false}),
+        "a single-part ETag is the MD5 ingest verifies; the shrink guard is on"
     );
     // And the execution input is exactly what the ingest function takes.
     let _: IngestInput = serde_json::from_value(input).unwrap();

@@ -3,182 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
-use chrono::{DateTime, Datelike};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use tempfile::TempDir;
+use tripflow::Error;
 use tripflow::config::PipelineConfig;
-use tripflow::db::WeeklySlowPickup;
-use tripflow::generator::{GenSpec, write_month};
-use tripflow::period::Period;
-use tripflow::pipeline::{RunSummary, run_all};
-use tripflow::stages::ingest::IngestInput;
+use tripflow::stages::load;
 use tripflow::stages::load::LoadInput;
-use tripflow::stages::{StageContext, load};
-use tripflow::storage::LocalStore;
-use tripflow::{Error, Result};
 use tripflow_tests::data::shared_file;
-use tripflow_tests::pg::TestPostgres;
-
-struct Setup {
-    dir: TempDir,
-    ctx: StageContext,
-    pg: TestPostgres,
-}
-
-impl Setup {
-    async fn new() -> Self {
-        Self::with_config(PipelineConfig::default()).await
-    }
-
-    async fn with_config(config: PipelineConfig) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalStore::open(dir.path().join("zones")).unwrap());
-        Setup {
-            ctx: StageContext::new(store, config),
-            pg: TestPostgres::start().await,
-            dir,
-        }
-    }
-
-    fn generate(&self, month: &str, rows: usize, seed: u64) -> std::path::PathBuf {
-        let path = self.dir.path().join(format!("yellow_tripdata_{month}.parquet"));
-        write_month(
-            &path,
-            GenSpec {
-                period: month.parse().unwrap(),
-                rows,
-                seed,
-            },
-        )
-        .unwrap();
-        path
-    }
-
-    async fn run(&self, source: &Path, md5: Option<&str>) -> Result<RunSummary> {
-        let mut client = self.pg.client().await;
-        let input = IngestInput {
-            source: source.display().to_string(),
-            expected_md5: md5.map(str::to_string),
-            period: None,
-        };
-        run_all(&self.ctx, &mut client, input).await
-    }
-
-    async fn keys(&self, prefix: &str) -> Vec<String> {
-        self.ctx.store.list(prefix).await.unwrap()
-    }
-}
-
-/// The expected outcome of a month, computed straight from the source file with none of the
-/// pipeline's code: the rules, the swap, the speed and the ranking written out again.
-#[derive(Debug, Default)]
-struct Expected {
-    rows_in: u64,
-    null_timestamp: u64,
-    non_positive_duration: u64,
-    outside_period: u64,
-    kept: u64,
-    avg_speed_mph: f64,
-    weekly_top5: Vec<WeeklySlowPickup>,
-}
-
-fn expected_from_file(path: &Path, period: Period) -> Expected {
-    let (start, end) = period.bounds_micros();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut e = Expected::default();
-    let (mut distance_sum, mut seconds_sum) = (0.0f64, 0i64);
-    let mut valid_trips: Vec<(i32, i64, f64)> = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let ts = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap()
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone()
-        };
-        let (pickup, dropoff) = (ts("tpep_pickup_datetime"), ts("tpep_dropoff_datetime"));
-        let distance = batch
-            .column_by_name("trip_distance")
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .clone();
-        let pu = batch
-            .column_by_name("PULocationID")
-            .unwrap()
-            .as_primitive::<Int64Type>()
-            .clone();
-        for i in 0..batch.num_rows() {
-            e.rows_in += 1;
-            if pickup.is_null(i) || dropoff.is_null(i) {
-                e.null_timestamp += 1;
-                continue;
-            }
-            let (p, d) = (pickup.value(i), dropoff.value(i));
-            if d <= p {
-                e.non_positive_duration += 1;
-                continue;
-            }
-            if p < start || p >= end {
-                e.outside_period += 1;
-                continue;
-            }
-            e.kept += 1;
-            let seconds = (d - p) / 1_000_000;
-            let miles = distance.value(i);
-            if miles > 0.0 && seconds > 0 {
-                distance_sum += miles;
-                seconds_sum += seconds;
-                let week = DateTime::from_timestamp_micros(p)
-                    .unwrap()
-                    .date_naive()
-                    .iso_week()
-                    .week() as i32;
-                let location = match pu.value(i) {
-                    161 => 237,
-                    237 => 161,
-                    other => other,
-                };
-                valid_trips.push((week, location, miles / (seconds as f64 / 3600.0)));
-            }
-        }
-    }
-    e.avg_speed_mph = distance_sum / (seconds_sum as f64 / 3600.0);
-    let mut slow: HashMap<(i32, i64), i64> = HashMap::new();
-    for (week, location, speed) in valid_trips {
-        if speed < e.avg_speed_mph {
-            *slow.entry((week, location)).or_default() += 1;
-        }
-    }
-    let mut by_week: HashMap<i32, Vec<(i64, i64)>> = HashMap::new();
-    for ((week, location), count) in slow {
-        by_week.entry(week).or_default().push((count, location));
-    }
-    let mut weeks: Vec<i32> = by_week.keys().copied().collect();
-    weeks.sort();
-    for week in weeks {
-        let mut ranked = by_week.remove(&week).unwrap();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (rank, (count, location)) in ranked.into_iter().take(5).enumerate() {
-            e.weekly_top5.push(WeeklySlowPickup {
-                week,
-                rank: rank as i64 + 1,
-                pu_location_id: location as i32,
-                slow_trips: count,
-            });
-        }
-    }
-    e
-}
+use tripflow_tests::expected::expected_from_file;
+use tripflow_tests::local::Setup;
 
 #[tokio::test]
 async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answers() {
@@ -188,19 +22,22 @@ async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answ
     let summary = setup.run(&source, None).await.unwrap();
 
     assert_eq!(summary.rows_in, expected.rows_in);
-    assert_eq!(summary.rows_rejected.null_timestamp, expected.null_timestamp);
-    assert_eq!(
-        summary.rows_rejected.non_positive_duration,
-        expected.non_positive_duration
-    );
-    assert_eq!(summary.rows_rejected.outside_period, expected.outside_period);
+    let rejected: BTreeMap<String, u64> =
+        serde_json::from_value(serde_json::to_value(summary.rows_rejected).unwrap()).unwrap();
+    assert_eq!(rejected, expected.rejected);
     assert_eq!(summary.rows_kept, expected.kept);
     assert_eq!(
         summary.rows_kept + summary.rows_rejected.total(),
         summary.rows_in,
         "every row accounted for"
     );
-    assert!(expected.null_timestamp > 0 && expected.non_positive_duration > 0 && expected.outside_period > 0);
+    // Every rule but timestamp_out_of_range (the generator writes timestamp[us]) is exercised.
+    for (rule, count) in &expected.rejected {
+        assert!(
+            *count > 0 || rule == "timestamp_out_of_range",
+            "no {rule} rows generated"
+        );
+    }
     assert_eq!(summary.rows_curated, expected.kept);
     assert_eq!(summary.rows_loaded, expected.kept);
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, expected.kept);
@@ -223,10 +60,14 @@ async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answ
         "ISO weeks 9-13"
     );
 
-    // Zones as documented: one raw copy, one clean file, quarantine with the rejects, daily partitions.
+    // Zones as documented: one raw copy for the run, one clean file, quarantine with the rejects,
+    // daily partitions.
     assert_eq!(
         setup.keys("raw/").await,
-        ["raw/yellow/2021-03/yellow_tripdata_2021-03.parquet"]
+        [format!(
+            "raw/yellow/2021-03/run={}/yellow_tripdata_2021-03.parquet",
+            summary.ingest.run_id
+        )]
     );
     assert_eq!(
         setup.keys("clean/").await,
@@ -234,7 +75,15 @@ async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answ
     );
     assert_eq!(setup.keys("quarantine/").await.len(), 1);
     assert_eq!(setup.keys("curated/yellow/pickup_date=2021-03-").await.len(), 31);
-    assert_eq!(setup.keys("reports/").await.len(), 4);
+    assert_eq!(
+        setup.keys("reports/").await,
+        [
+            "reports/yellow/2021-03/clean.json".to_string(),
+            "reports/yellow/2021-03/load.json".to_string(),
+            format!("reports/yellow/2021-03/runs/{}/ingest.json", summary.ingest.run_id),
+            "reports/yellow/2021-03/transform.json".to_string(),
+        ]
+    );
 
     // query.sql, as shipped for psql, gives the same answer as the views.
     let client = setup.pg.client().await;
@@ -313,11 +162,16 @@ async fn the_real_march_2021_sample_loads_with_its_known_defects_rejected() {
     let expected = expected_from_file(&source, "2021-03".parse().unwrap());
     let summary = setup.run(&source, None).await.unwrap();
     assert_eq!(summary.rows_in, 999);
-    // The sample's README: 7 pickups on 2021-02-28 and 2 trips whose dropoff equals pickup.
+    // The sample's README: 7 pickups on 2021-02-28 and 2 trips whose dropoff equals pickup; and
+    // two trips recorded at more than 100 mph, which the plausibility rule refuses.
     assert_eq!(summary.rows_rejected.outside_period, 7);
     assert_eq!(summary.rows_rejected.non_positive_duration, 2);
-    assert_eq!(summary.rows_rejected.null_timestamp, 0);
-    assert_eq!(summary.rows_loaded, 990);
+    assert_eq!(summary.rows_rejected.implausible_speed, 2);
+    assert_eq!(summary.rows_rejected.total(), 11);
+    let rejected: BTreeMap<String, u64> =
+        serde_json::from_value(serde_json::to_value(summary.rows_rejected).unwrap()).unwrap();
+    assert_eq!(rejected, expected.rejected);
+    assert_eq!(summary.rows_loaded, 988);
     assert_eq!(
         summary.ingest.schema_variant,
         "ids=int64 timestamps=us counts=float64 airport_fee=airport_fee"
@@ -445,7 +299,7 @@ async fn a_file_without_a_month_in_its_name_is_unknown_period() {
 }
 
 #[tokio::test]
-async fn too_many_rejected_rows_publishes_quarantine_but_no_clean_file() {
+async fn too_many_rejected_rows_publishes_nothing_but_the_refusal_report() {
     let config = PipelineConfig {
         max_rejected_ratio: 0.0001,
         ..PipelineConfig::default()
@@ -454,21 +308,29 @@ async fn too_many_rejected_rows_publishes_quarantine_but_no_clean_file() {
     let source = setup.generate("2021-03", 20_000, 4);
     let err = setup.run(&source, None).await.unwrap_err();
     assert_eq!(err.name(), "TooManyRejectedRows");
-    assert!(setup.keys("clean/").await.is_empty());
-    assert!(setup.keys("curated/").await.is_empty());
-    assert_eq!(setup.keys("quarantine/").await.len(), 1, "the rejects stay inspectable");
+    for zone in ["raw/", "clean/", "curated/", "quarantine/"] {
+        assert!(setup.keys(zone).await.is_empty(), "{zone} not empty");
+    }
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await, 0);
+    // The counts stay inspectable, in the refused run's own report.
+    let reports = setup.keys("reports/yellow/2021-03/runs/").await;
+    let refused = reports.iter().find(|k| k.ends_with("/clean-refused.json")).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(
+        &tripflow::storage::get_bytes(setup.ctx.store.as_ref(), refused)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["verdict"], "TooManyRejectedRows");
+    assert!(report["rows_rejected"]["outside_period"].as_u64().unwrap() > 0);
 }
 
 #[tokio::test]
 async fn a_raw_file_changed_after_ingest_is_an_integrity_error() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 5_000, 3);
-    setup.run(&source, None).await.unwrap();
-    let raw = setup
-        .dir
-        .path()
-        .join("zones/raw/yellow/2021-03/yellow_tripdata_2021-03.parquet");
+    let summary = setup.run(&source, None).await.unwrap();
+    let raw = setup.dir.path().join("zones").join(&summary.ingest.raw_key);
     let mut bytes = std::fs::read(&raw).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&raw, bytes).unwrap();
@@ -477,9 +339,11 @@ async fn a_raw_file_changed_after_ingest_is_an_integrity_error() {
         tripflow::stages::clean::CleanInput {
             dataset: "yellow".into(),
             period: "2021-03".parse().unwrap(),
-            raw_key: "raw/yellow/2021-03/yellow_tripdata_2021-03.parquet".into(),
-            manifest_key: "reports/yellow/2021-03/ingest.json".into(),
+            raw_key: summary.ingest.raw_key.clone(),
+            manifest_key: summary.ingest.manifest_key.clone(),
             max_rejected_ratio: None,
+            allow_shrink: false,
+            run_id: summary.ingest.run_id.clone(),
         },
     )
     .await;

@@ -494,7 +494,9 @@ async fn too_many_rejected_rows_fails_as_too_many_rejected_rows_with_nothing_loa
     assert_eq!(run.status, ExecutionStatus::Failed, "{}", run.describe());
     assert_eq!(run.error.as_deref(), Some("TooManyRejectedRows"), "{}", run.describe());
     setup.assert_notified(&run);
-    assert!(!setup.keys("raw/").await.is_empty(), "ingest had kept the source");
+    // Clean refused the file: the run's raw copy is discarded with it, and nothing was published.
+    assert!(setup.keys("raw/").await.is_empty(), "a refused file leaves no raw copy");
+    assert!(setup.keys("quarantine/").await.is_empty());
     assert!(setup.keys("clean/").await.is_empty());
     assert!(setup.keys("curated/").await.is_empty());
     assert_eq!(setup.router.invocations("tripflow-transform"), 0);
@@ -593,4 +595,71 @@ async fn rerunning_the_same_input_under_a_new_execution_name_leaves_the_database
     );
     assert_eq!(setup.pg.trip_count(SOURCE_ID).await, count);
     assert_eq!(setup.answers().await, answers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_file_fails_as_empty_source_and_leaves_the_loaded_month_as_it_was() {
+    let setup = Setup::new().await;
+    let md5 = setup.upload_generated(5_000, 10).await;
+    let loaded = setup.execute("loaded", input(Some(&md5))).await;
+    assert_eq!(loaded.status, ExecutionStatus::Succeeded, "{}", loaded.describe());
+    let (count, answers) = (setup.pg.trip_count(SOURCE_ID).await, setup.answers().await);
+    let (clean, curated) = (setup.keys("clean/").await, setup.keys("curated/").await);
+
+    let md5 = setup.upload_generated(0, 10).await;
+    let empty = setup.execute("empty", input(Some(&md5))).await;
+    assert_eq!(empty.error.as_deref(), Some("EmptySource"), "{}", empty.describe());
+    assert!(empty.entered("EmptySource"), "{}", empty.describe());
+    setup.assert_notified(&empty);
+    assert_eq!(
+        setup.router.invocations("tripflow-clean"),
+        1,
+        "the empty file never reached clean"
+    );
+    assert_eq!(setup.pg.trip_count(SOURCE_ID).await, count);
+    assert_eq!(setup.answers().await, answers);
+    assert_eq!(setup.keys("clean/").await, clean);
+    assert_eq!(setup.keys("curated/").await, curated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_much_smaller_file_fails_as_suspicious_shrink_unless_the_input_allows_it() {
+    let setup = Setup::new().await;
+    let md5 = setup.upload_generated(20_000, 11).await;
+    let loaded = setup.execute("loaded", input(Some(&md5))).await;
+    assert_eq!(loaded.status, ExecutionStatus::Succeeded, "{}", loaded.describe());
+    let (count, answers) = (setup.pg.trip_count(SOURCE_ID).await, setup.answers().await);
+    let (raw, clean) = (setup.keys("raw/").await, setup.keys("clean/").await);
+
+    let md5 = setup.upload_generated(1_000, 11).await;
+    let shrunk = setup.execute("shrunk", input(Some(&md5))).await;
+    assert_eq!(
+        shrunk.error.as_deref(),
+        Some("SuspiciousShrink"),
+        "{}",
+        shrunk.describe()
+    );
+    assert!(shrunk.entered("SuspiciousShrink"), "{}", shrunk.describe());
+    setup.assert_notified(&shrunk);
+    assert_eq!(
+        setup.router.invocations("tripflow-transform"),
+        1,
+        "only the first run reached transform"
+    );
+    assert_eq!(setup.pg.trip_count(SOURCE_ID).await, count);
+    assert_eq!(setup.answers().await, answers);
+    assert_eq!(
+        setup.keys("raw/").await,
+        raw,
+        "the refused file's raw copy is gone, the accepted one stays"
+    );
+    assert_eq!(setup.keys("clean/").await, clean);
+
+    let mut allowed_input = input(Some(&md5));
+    allowed_input["allow_shrink"] = json!(true);
+    let allowed = setup.execute("allowed", allowed_input).await;
+    assert_eq!(allowed.status, ExecutionStatus::Succeeded, "{}", allowed.describe());
+    let curated = Setup::rows_curated(&allowed);
+    assert!(curated < 1_000);
+    assert_eq!(setup.pg.trip_count(SOURCE_ID).await, curated);
 }

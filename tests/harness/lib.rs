@@ -1,11 +1,15 @@
 //! Shared pieces of the integration tests: real parts, started and stopped by the tests themselves.
 //! - [`pg::TestPostgres`]: a throwaway PostgreSQL cluster from the machine's binaries.
 //! - [`data`]: the real TLC samples in `../shared/data`, when present.
+//! - [`local::Setup`]: the whole pipeline over a local folder and a throwaway cluster.
+//! - [`expected`]: a month's answers computed independently of the pipeline's code.
 //! - [`moto`]: moto in server mode for S3, Glue, SNS and Step Functions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod data;
+pub mod expected;
+pub mod local;
 pub mod moto;
 pub mod pg;
 pub mod router;

@@ -210,7 +210,7 @@ pub fn execution_input(object: &CreatedObject, expected_md5: Option<String>) -> 
     let input = IngestInput {
         source: format!("s3://{}/{}", object.bucket, object.key),
         expected_md5,
-        period: None,
+        ..IngestInput::default()
     };
     serde_json::to_string(&input).map_err(|e| Error::InvalidInput(format!("serialising execution input: {e}")))
 }

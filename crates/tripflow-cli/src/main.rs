@@ -73,6 +73,10 @@ struct RunArgs {
     /// Share of rows clean may reject before the run fails with TooManyRejectedRows.
     #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
     max_rejected_ratio: Option<f64>,
+    /// Accept a file that keeps fewer rows than TRIPFLOW_MIN_KEPT_SHARE (default 0.5) of the month's
+    /// current version; without it such a run fails with SuspiciousShrink and changes nothing.
+    #[arg(long)]
+    allow_shrink: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -145,12 +149,37 @@ async fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
-    match execute(cli.command).await {
+    // On SIGINT or SIGTERM the command's future is dropped where it stands: every object being
+    // written is discarded by its sink (nothing half-written is published) and an open database
+    // transaction rolls back with its connection.
+    let outcome = tokio::select! {
+        result = execute(cli.command) => result,
+        signal = interrupted() => Err(Error::Interrupted { signal }),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}: {err}", err.name());
-            ExitCode::FAILURE
+            match err {
+                // The shell's convention: 128 + the signal's number.
+                Error::Interrupted { signal: "SIGINT" } => ExitCode::from(130),
+                Error::Interrupted { .. } => ExitCode::from(143),
+                _ => ExitCode::FAILURE,
+            }
         }
+    }
+}
+
+/// Resolves with the name of the first SIGINT or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut sigint), Ok(mut sigterm)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        // Without signal handlers the default disposition stays: the process dies as before.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = sigint.recv() => "SIGINT",
+        _ = sigterm.recv() => "SIGTERM",
     }
 }
 
@@ -165,6 +194,7 @@ async fn execute(command: Command) -> Result<()> {
                 source: args.source,
                 expected_md5: args.md5,
                 period: args.month,
+                allow_shrink: args.allow_shrink,
             };
             let summary = run(&args.place, config, input).await?;
             print_summary(&summary, args.json)
@@ -185,6 +215,7 @@ async fn execute(command: Command) -> Result<()> {
                 source: file.display().to_string(),
                 expected_md5: None,
                 period: Some(args.month),
+                ..IngestInput::default()
             };
             let summary = run(&args.place, PipelineConfig::from_env()?, input).await?;
             print_summary(&summary, args.json)

@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use tripflow::db::Answers;
 use tripflow::pipeline::RunSummary;
+use tripflow::stages::clean::RejectReason;
 
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -35,14 +36,19 @@ pub fn summary_text(s: &RunSummary) -> String {
     let _ = writeln!(out, "  schema      {}", s.ingest.schema_variant);
     let _ = writeln!(out, "  rows in     {}", thousands(s.rows_in));
     let _ = writeln!(out, "  kept        {}", thousands(s.rows_kept));
+    // Every rule that rejected something, in rule order; the JSON summary has all of them.
+    let by_rule: Vec<String> = RejectReason::ALL
+        .iter()
+        .filter(|&&reason| r.get(reason) > 0)
+        .map(|&reason| format!("{} {}", reason.as_str(), thousands(r.get(reason))))
+        .collect();
     let _ = writeln!(
         out,
-        "  rejected    {} ({:.3}%): null_timestamp {}, non_positive_duration {}, outside_period {}",
+        "  rejected    {} ({:.3}%){}{}",
         thousands(r.total()),
         s.clean.rejected_ratio * 100.0,
-        thousands(r.null_timestamp),
-        thousands(r.non_positive_duration),
-        thousands(r.outside_period)
+        if by_rule.is_empty() { "" } else { ": " },
+        by_rule.join(", ")
     );
     let _ = writeln!(
         out,

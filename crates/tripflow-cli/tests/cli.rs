@@ -50,7 +50,17 @@ async fn run_json_prints_the_documented_keys_and_the_answers() {
     }
     assert_eq!(summary["rows_in"], 20000);
     assert_eq!(summary["rows_loaded"], summary["rows_kept"]);
-    for rule in ["null_timestamp", "non_positive_duration", "outside_period"] {
+    for rule in [
+        "null_timestamp",
+        "timestamp_out_of_range",
+        "non_positive_duration",
+        "outside_period",
+        "non_finite",
+        "negative_distance",
+        "location_out_of_range",
+        "implausible_duration",
+        "implausible_speed",
+    ] {
         assert!(summary["rows_rejected"][rule].is_u64(), "missing rule {rule}");
     }
     let top = summary["weekly_top5"].as_array().unwrap();
@@ -105,4 +115,177 @@ fn help_describes_every_command() {
     }
     let run_help = String::from_utf8_lossy(&tripflow().args(["run", "--help"]).output().unwrap().stdout).to_string();
     assert!(run_help.contains("--md5") && run_help.contains("--month") && run_help.contains("DATABASE_URL"));
+}
+
+/// A `tripflow run` in progress, with the rest of its log collected in the background (so the child
+/// never blocks on a full pipe).
+struct Running {
+    child: std::process::Child,
+    log_tail: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `tripflow run SOURCE` and returns once its log says `line` (the stage it is in).
+    fn until_log_says(source: &std::path::Path, data: &std::path::Path, url: &str, line: &str) -> Self {
+        use std::io::{BufRead, BufReader, Read};
+        let mut child = tripflow()
+            .arg("run")
+            .arg(source)
+            .arg("--data-dir")
+            .arg(data)
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "tripflow=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut next = String::new();
+            assert!(
+                stderr.read_line(&mut next).unwrap() > 0,
+                "the run ended before {line:?}:\n{seen}"
+            );
+            seen.push_str(&next);
+            if next.contains(line) {
+                break;
+            }
+        }
+        let (tx, log_tail) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            let _ = tx.send(rest);
+        });
+        Running { child, log_tail }
+    }
+
+    /// Waits for the exit; returns its status and the rest of the log.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        (status, self.log_tail.recv().unwrap_or_default())
+    }
+}
+
+fn staging_files(data: &std::path::Path) -> usize {
+    std::fs::read_dir(data.join(".staging")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Waits (bounded) until the run has writes in flight, so the fault lands mid-write.
+fn wait_for_writes_in_flight(data: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while staging_files(data) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the run never started writing");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn zone_keys(data: &std::path::Path) -> Vec<String> {
+    let mut keys = Vec::new();
+    for zone in ["raw", "clean", "quarantine", "curated"] {
+        let mut stack = vec![data.join(zone)];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    let bytes = std::fs::read(entry.path()).unwrap();
+                    keys.push(format!("{} {}", entry.path().display(), bytes.len()));
+                }
+            }
+        }
+    }
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn sigint_and_sigterm_mid_stage_exit_130_and_143_naming_the_signal_and_change_nothing() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let source = dir.path().join("yellow_tripdata_2021-03.parquet");
+    let generated = tripflow()
+        .args(["gen", "--month", "2021-03", "--rows", "600000"])
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let first = tripflow()
+        .arg("run")
+        .arg(&source)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let before = zone_keys(&data);
+    let trips_before = pg.trip_count("yellow/2021-03").await;
+
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let running = Running::until_log_says(&source, &data, pg.url(), "clean started");
+        wait_for_writes_in_flight(&data);
+        let killed = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(running.child.id().to_string())
+            .status();
+        assert!(killed.unwrap().success());
+        let (status, stderr) = running.wait();
+        assert_eq!(status.code(), Some(code), "SIG{signal}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("error: Interrupted: received SIG{signal}")),
+            "{stderr}"
+        );
+        assert_eq!(staging_files(&data), 0, "SIG{signal} left partial writes behind");
+        // The interrupted run's raw copy is its own (run-scoped); every accepted object is untouched.
+        let after: Vec<String> = zone_keys(&data)
+            .into_iter()
+            .filter(|k| !k.contains("/run=") || before.contains(k))
+            .collect();
+        assert_eq!(after, before, "SIG{signal} changed an accepted object");
+        assert_eq!(pg.trip_count("yellow/2021-03").await, trips_before);
+    }
+}
+
+#[tokio::test]
+async fn partial_writes_of_a_killed_run_are_removed_by_the_next_run_which_converges() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let source = dir.path().join("yellow_tripdata_2021-03.parquet");
+    let generated = tripflow()
+        .args(["gen", "--month", "2021-03", "--rows", "600000"])
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let mut running = Running::until_log_says(&source, &data, pg.url(), "clean started");
+    wait_for_writes_in_flight(&data);
+    running.child.kill().unwrap();
+    running.wait();
+    assert!(
+        staging_files(&data) > 0,
+        "a kill -9 mid-clean leaves its partial writes"
+    );
+
+    let rerun = tripflow()
+        .arg("run")
+        .arg(&source)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--json")
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .unwrap();
+    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert_eq!(staging_files(&data), 0);
+    let summary: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
+    assert_eq!(summary["rows_loaded"], summary["rows_kept"]);
+    assert_eq!(
+        pg.trip_count("yellow/2021-03").await,
+        summary["rows_loaded"].as_i64().unwrap()
+    );
 }

@@ -11,6 +11,13 @@ pub const ENV_MAX_REJECTED_RATIO: &str = "TRIPFLOW_MAX_REJECTED_RATIO";
 pub const ENV_LOCATION_SWAPS: &str = "TRIPFLOW_LOCATION_SWAPS";
 /// Memory, in MiB, that transform's open partition writers may buffer before flushing row groups.
 pub const ENV_WRITE_BUFFER_MB: &str = "TRIPFLOW_WRITE_BUFFER_MB";
+/// Longest plausible trip, in hours; longer ones are rejected as `implausible_duration`.
+pub const ENV_MAX_TRIP_HOURS: &str = "TRIPFLOW_MAX_TRIP_HOURS";
+/// Fastest plausible average speed of a trip, in mph; faster ones are rejected as `implausible_speed`.
+pub const ENV_MAX_SPEED_MPH: &str = "TRIPFLOW_MAX_SPEED_MPH";
+/// A new version of a month that keeps fewer rows than this share of the current version's is
+/// refused as `SuspiciousShrink` unless the run allows it (0.0-1.0; 0 turns the guard off).
+pub const ENV_MIN_KEPT_SHARE: &str = "TRIPFLOW_MIN_KEPT_SHARE";
 /// PostgreSQL connection URL (`postgres://user:pass@host:5432/db?sslmode=require`).
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
 
@@ -18,6 +25,9 @@ pub const DEFAULT_MAX_REJECTED_RATIO: f64 = 0.05;
 /// The source system swaps these two zones (known defect); transform swaps them back.
 pub const DEFAULT_LOCATION_SWAPS: &str = "161:237";
 pub const DEFAULT_WRITE_BUFFER_MB: usize = 64;
+pub const DEFAULT_MAX_TRIP_HOURS: f64 = 24.0;
+pub const DEFAULT_MAX_SPEED_MPH: f64 = 100.0;
+pub const DEFAULT_MIN_KEPT_SHARE: f64 = 0.5;
 /// Rows per written row group: large enough for good compression, small enough for a Lambda.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 
@@ -27,6 +37,24 @@ pub struct PipelineConfig {
     pub location_swaps: LocationSwaps,
     pub write_buffer_bytes: usize,
     pub row_group_rows: usize,
+    pub rules: RuleLimits,
+    pub min_kept_share: f64,
+}
+
+/// The thresholds of clean's plausibility rules.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RuleLimits {
+    pub max_trip_hours: f64,
+    pub max_speed_mph: f64,
+}
+
+impl Default for RuleLimits {
+    fn default() -> Self {
+        RuleLimits {
+            max_trip_hours: DEFAULT_MAX_TRIP_HOURS,
+            max_speed_mph: DEFAULT_MAX_SPEED_MPH,
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -36,6 +64,8 @@ impl Default for PipelineConfig {
             location_swaps: LocationSwaps::default(),
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_MB << 20,
             row_group_rows: ROW_GROUP_ROWS,
+            rules: RuleLimits::default(),
+            min_kept_share: DEFAULT_MIN_KEPT_SHARE,
         }
     }
 }
@@ -66,8 +96,27 @@ impl PipelineConfig {
             })?;
             config.write_buffer_bytes = mb << 20;
         }
+        if let Some(raw) = lookup(ENV_MAX_TRIP_HOURS) {
+            config.rules.max_trip_hours = parse_positive(ENV_MAX_TRIP_HOURS, &raw)?;
+        }
+        if let Some(raw) = lookup(ENV_MAX_SPEED_MPH) {
+            config.rules.max_speed_mph = parse_positive(ENV_MAX_SPEED_MPH, &raw)?;
+        }
+        if let Some(raw) = lookup(ENV_MIN_KEPT_SHARE) {
+            config.min_kept_share = parse_ratio(&raw).ok_or_else(|| {
+                Error::InvalidInput(format!("{ENV_MIN_KEPT_SHARE}={raw:?}: expected a number from 0 to 1"))
+            })?;
+        }
         Ok(config)
     }
+}
+
+fn parse_positive(name: &str, raw: &str) -> Result<f64> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| Error::InvalidInput(format!("{name}={raw:?}: expected a positive number")))
 }
 
 pub fn parse_ratio(raw: &str) -> Option<f64> {
@@ -158,6 +207,9 @@ mod tests {
         assert_eq!(config.location_swaps.apply(161), 237);
         assert_eq!(config.location_swaps.apply(237), 161);
         assert_eq!(config.location_swaps.apply(1), 1);
+        assert_eq!(config.rules.max_trip_hours, 24.0);
+        assert_eq!(config.rules.max_speed_mph, 100.0);
+        assert_eq!(config.min_kept_share, 0.5);
     }
 
     #[test]
@@ -166,6 +218,12 @@ mod tests {
         assert!(err.to_string().contains(ENV_MAX_REJECTED_RATIO));
         let err = PipelineConfig::from_lookup(|n| (n == ENV_LOCATION_SWAPS).then(|| "161-237".into())).unwrap_err();
         assert!(err.to_string().contains(ENV_LOCATION_SWAPS));
+        let err = PipelineConfig::from_lookup(|n| (n == ENV_MAX_SPEED_MPH).then(|| "fast".into())).unwrap_err();
+        assert!(err.to_string().contains(ENV_MAX_SPEED_MPH));
+        let err = PipelineConfig::from_lookup(|n| (n == ENV_MAX_TRIP_HOURS).then(|| "-1".into())).unwrap_err();
+        assert!(err.to_string().contains(ENV_MAX_TRIP_HOURS));
+        let err = PipelineConfig::from_lookup(|n| (n == ENV_MIN_KEPT_SHARE).then(|| "2".into())).unwrap_err();
+        assert!(err.to_string().contains(ENV_MIN_KEPT_SHARE));
         assert!("1:2,2:3".parse::<LocationSwaps>().is_err());
         assert_eq!("".parse::<LocationSwaps>().unwrap(), LocationSwaps::none());
         assert_eq!(String::from("1:2, 3:4".parse::<LocationSwaps>().unwrap()), "1:2,3:4");

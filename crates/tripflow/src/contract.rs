@@ -4,13 +4,19 @@
 //! Accepted variants (all seen in published files): IDs as int32 or int64; timestamps in s, ms, us or
 //! ns; `passenger_count` and `RatecodeID` as integers or doubles; `airport_fee` or `Airport_fee`;
 //! extra columns (e.g. `cbd_congestion_fee`) ignored. Anything else is `SchemaDrift`, naming the
-//! column and what was found.
+//! column and what was found: a missing or mistyped column, a name that appears twice (which copy
+//! is meant would be a guess), or an integer too large for its canonical type (a silent NULL would
+//! hide it). A timestamp too far from today for `timestamp[us]` is not drift but a row clean
+//! rejects, so canonicalization reports those rows instead of nulling them.
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow::compute::kernels::boolean::{and, is_not_null, is_null};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::error::{Error, Result};
 
@@ -204,12 +210,33 @@ pub struct SourceSchema {
 
 /// Checks a source schema against the contract.
 pub fn check(schema: &Schema) -> Result<SourceSchema> {
+    let mut seen = HashSet::new();
+    for field in schema.fields() {
+        if !seen.insert(field.name().as_str()) {
+            return Err(Error::schema_drift(
+                field.name(),
+                "appears more than once in the file; which copy holds the data is ambiguous",
+            ));
+        }
+    }
     let mut sources = Vec::with_capacity(COLUMNS.len());
     for column in COLUMNS {
-        let found = column
+        let present: Vec<&str> = column
             .source_names
             .iter()
-            .find_map(|name| schema.field_with_name(name).ok());
+            .copied()
+            .filter(|name| schema.field_with_name(name).is_ok())
+            .collect();
+        if present.len() > 1 {
+            return Err(Error::schema_drift(
+                present.join(" and "),
+                format!(
+                    "both present; each may hold {}, which one to use is ambiguous",
+                    column.canonical
+                ),
+            ));
+        }
+        let found = present.first().and_then(|name| schema.field_with_name(name).ok());
         match found {
             Some(field) if accepts(column.kind, field.data_type()) => sources.push(Some(field.name().clone())),
             Some(field) => {
@@ -294,31 +321,94 @@ impl SourceSchema {
     }
 
     /// Turns a batch read from the source (any accepted variant, projected or not) into the canonical form.
-    pub fn canonicalize(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+    pub fn canonicalize(&self, batch: &RecordBatch) -> Result<CanonicalBatch> {
         let rows = batch.num_rows();
         let canonical = canonical_schema();
-        // Safe casts turn an out-of-range value (a passenger count of 1e12) into null instead of
-        // wrapping it; fractional doubles in integer columns truncate, as Spark's cast did.
+        // Safe casts turn a value the target type cannot hold into null instead of wrapping it; the
+        // nulls that appear that way are then found and reported, never kept. Fractional doubles in
+        // integer columns truncate, as Spark's cast did.
         let options = CastOptions {
             safe: true,
             ..Default::default()
         };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
-        for (field, source) in canonical.fields().iter().zip(&self.sources) {
-            let column = match source {
+        let mut out_of_range = [None, None];
+        for ((field, source), column) in canonical.fields().iter().zip(&self.sources).zip(COLUMNS) {
+            let converted = match source {
                 None => new_null_array(field.data_type(), rows),
                 Some(name) => {
                     let array = batch.column_by_name(name).ok_or_else(|| {
                         Error::schema_drift(name.clone(), "present in the footer but not in the data read")
                     })?;
-                    cast_with_options(array, field.data_type(), &options)
-                        .map_err(|e| Error::schema_drift(name.clone(), format!("cannot be cast: {e}")))?
+                    let converted = cast_with_options(array, field.data_type(), &options)
+                        .map_err(|e| Error::schema_drift(name.clone(), format!("cannot be cast: {e}")))?;
+                    if let Some(lost) = nulled_by_cast(array, &converted)? {
+                        match column.canonical {
+                            col::PICKUP_AT => out_of_range[0] = Some(lost),
+                            col::DROPOFF_AT => out_of_range[1] = Some(lost),
+                            _ => return Err(overflow(name, array, &lost, field.data_type())),
+                        }
+                    }
+                    converted
                 }
             };
-            columns.push(column);
+            columns.push(converted);
         }
-        RecordBatch::try_new(canonical, columns).map_err(|e| Error::schema_drift("*", e.to_string()))
+        let batch = RecordBatch::try_new(canonical, columns).map_err(|e| Error::schema_drift("*", e.to_string()))?;
+        let [pickup_out_of_range, dropoff_out_of_range] = out_of_range;
+        Ok(CanonicalBatch {
+            batch,
+            pickup_out_of_range,
+            dropoff_out_of_range,
+        })
     }
+}
+
+/// A source batch in canonical form, with the rows whose timestamps `timestamp[us]` cannot hold.
+#[derive(Debug, Clone)]
+pub struct CanonicalBatch {
+    pub batch: RecordBatch,
+    /// `Some` only when at least one row's pickup was present in the source but out of range (it is
+    /// null in `batch`).
+    pub pickup_out_of_range: Option<BooleanArray>,
+    /// Likewise for dropoff.
+    pub dropoff_out_of_range: Option<BooleanArray>,
+}
+
+impl CanonicalBatch {
+    /// A batch that was canonical already (every timestamp in range).
+    pub fn in_range(batch: RecordBatch) -> Self {
+        CanonicalBatch {
+            batch,
+            pickup_out_of_range: None,
+            dropoff_out_of_range: None,
+        }
+    }
+}
+
+/// Rows present in `source` but null after the cast, or `None` when the cast kept every value.
+fn nulled_by_cast(source: &ArrayRef, converted: &ArrayRef) -> Result<Option<BooleanArray>> {
+    if converted.null_count() == source.null_count() {
+        return Ok(None);
+    }
+    let lost = is_not_null(source.as_ref())
+        .and_then(|present| and(&present, &is_null(converted.as_ref())?))
+        .map_err(|e| Error::InvalidInput(format!("comparing nulls before and after a cast: {e}")))?;
+    Ok((lost.true_count() > 0).then_some(lost))
+}
+
+fn overflow(name: &str, source: &ArrayRef, lost: &BooleanArray, target: &DataType) -> Error {
+    let first = (0..lost.len()).find(|&i| lost.value(i)).unwrap_or(0);
+    let value = ArrayFormatter::try_new(source.as_ref(), &FormatOptions::default())
+        .map(|f| f.value(first).to_string())
+        .unwrap_or_else(|_| "?".to_string());
+    Error::schema_drift(
+        name,
+        format!(
+            "value {value} does not fit the canonical {target} ({} such rows in this batch)",
+            lost.true_count()
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -441,7 +531,8 @@ mod tests {
             .collect();
         let batch = source
             .canonicalize(&RecordBatch::try_new(schema, columns).unwrap())
-            .unwrap();
+            .unwrap()
+            .batch;
         assert_eq!(batch.schema(), canonical_schema());
         assert_eq!(batch.column_by_name(col::AIRPORT_FEE).unwrap().null_count(), 2);
     }
@@ -465,7 +556,8 @@ mod tests {
             .collect();
         let batch = source
             .canonicalize(&RecordBatch::try_new(schema, columns).unwrap())
-            .unwrap();
+            .unwrap()
+            .batch;
         let pickup = batch.column_by_name(col::PICKUP_AT).unwrap();
         let pickup = pickup.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
         assert_eq!(pickup.value(0), 1_614_556_800_123_456);
@@ -473,5 +565,88 @@ mod tests {
         assert_eq!(pu.as_any().downcast_ref::<Int32Array>().unwrap().value(0), 161);
         let passengers = batch.column_by_name(col::PASSENGER_COUNT).unwrap();
         assert_eq!(passengers.as_any().downcast_ref::<Int32Array>().unwrap().value(0), 3);
+    }
+
+    fn with_field(name: &str, field: Field) -> Vec<Field> {
+        fields_2021()
+            .into_iter()
+            .map(|f| if f.name() == name { field.clone() } else { f })
+            .collect()
+    }
+
+    fn one_row(schema: &SchemaRef, set: impl Fn(&Field) -> Option<ArrayRef>) -> RecordBatch {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| set(f).unwrap_or_else(|| new_null_array(f.data_type(), 1)))
+            .collect();
+        RecordBatch::try_new(schema.clone(), columns).unwrap()
+    }
+
+    #[test]
+    fn a_column_name_that_appears_twice_is_schema_drift_naming_it() {
+        let mut fields = fields_2021();
+        fields.insert(0, Field::new("trip_distance", DataType::Float64, true));
+        let err = check(&Schema::new(fields)).unwrap_err();
+        assert_eq!(err.name(), "SchemaDrift");
+        assert!(
+            err.to_string().contains("trip_distance") && err.to_string().contains("more than once"),
+            "{err}"
+        );
+
+        let mut fields = fields_2021();
+        fields.push(Field::new("Airport_fee", DataType::Float64, true));
+        let err = check(&Schema::new(fields)).unwrap_err().to_string();
+        assert!(err.contains("airport_fee and Airport_fee"), "{err}");
+    }
+
+    #[test]
+    fn an_id_too_large_for_int32_is_schema_drift_with_the_value_not_a_null() {
+        let schema = Arc::new(Schema::new(fields_2021()));
+        let source = check(&schema).unwrap();
+        for value in [1i64 << 40, (1i64 << 31) + 5] {
+            let batch = one_row(&schema, |f| {
+                (f.name() == "PULocationID").then(|| Arc::new(Int64Array::from(vec![value])) as ArrayRef)
+            });
+            let err = source.canonicalize(&batch).unwrap_err();
+            assert_eq!(err.name(), "SchemaDrift");
+            assert!(
+                err.to_string().contains("PULocationID") && err.to_string().contains(&value.to_string()),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_timestamp_beyond_timestamp_us_is_reported_as_out_of_range_not_null() {
+        let seconds = DataType::Timestamp(TimeUnit::Second, None);
+        let schema = Arc::new(Schema::new(with_field(
+            "tpep_dropoff_datetime",
+            Field::new("tpep_dropoff_datetime", seconds, true),
+        )));
+        let source = check(&schema).unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            schema
+                .fields()
+                .iter()
+                .map(|f| -> ArrayRef {
+                    match f.name().as_str() {
+                        // In range, beyond i64 microseconds, and truly null.
+                        "tpep_dropoff_datetime" => Arc::new(arrow::array::TimestampSecondArray::from(vec![
+                            Some(1_614_556_900),
+                            Some(i64::MAX / 10),
+                            None,
+                        ])),
+                        _ => new_null_array(f.data_type(), 3),
+                    }
+                })
+                .collect(),
+        )
+        .unwrap();
+        let canonical = source.canonicalize(&batch).unwrap();
+        assert!(canonical.pickup_out_of_range.is_none());
+        let lost = canonical.dropoff_out_of_range.unwrap();
+        assert_eq!(lost.iter().collect::<Vec<_>>(), [Some(false), Some(true), Some(false)]);
     }
 }

@@ -33,6 +33,24 @@ pub enum Error {
     )]
     UnknownPeriod { name: String },
 
+    /// The source is valid Parquet with the right schema but holds no rows: it would replace a month
+    /// with nothing.
+    #[error("{key} holds no rows; refusing to replace a month with an empty file")]
+    EmptySource { key: String },
+
+    /// The new version of a month keeps far fewer rows than the version it would replace (a partial
+    /// download, a one-day extract). Allowed only when the run says so.
+    #[error(
+        "the new version of {source_id} keeps {kept} rows, fewer than {min_share} of the current version's {current_kept}; \
+         rerun with --allow-shrink (event field allow_shrink) if this is intended"
+    )]
+    SuspiciousShrink {
+        source_id: String,
+        kept: u64,
+        current_kept: u64,
+        min_share: f64,
+    },
+
     /// Clean rejected more than the configured share of rows. Raised by the local runner; the Lambda
     /// returns it as the clean stage's verdict so the state machine's Choice routes it.
     #[error("{rejected} of {rows_in} rows rejected ({ratio:.4}), above the limit of {max_ratio:.4}")]
@@ -79,6 +97,11 @@ pub enum Error {
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(String),
 
+    /// The process was asked to stop (SIGINT, SIGTERM) before it finished; what it was writing was
+    /// discarded and nothing it had not yet published changed.
+    #[error("received {signal}; in-flight writes were discarded, nothing unfinished was published")]
+    Interrupted { signal: &'static str },
+
     /// PostgreSQL refused a statement (constraint, permission, SQL error). Not retryable.
     #[error("database error: {0}")]
     DatabaseError(String),
@@ -106,6 +129,8 @@ impl Error {
             Error::NotParquet { .. } => "NotParquet",
             Error::TruncatedParquet { .. } => "TruncatedParquet",
             Error::UnknownPeriod { .. } => "UnknownPeriod",
+            Error::EmptySource { .. } => "EmptySource",
+            Error::SuspiciousShrink { .. } => "SuspiciousShrink",
             Error::TooManyRejectedRows { .. } => "TooManyRejectedRows",
             Error::LoadCountMismatch { .. } => "LoadCountMismatch",
             Error::IntegrityError { .. } => "IntegrityError",
@@ -115,6 +140,7 @@ impl Error {
             Error::SourceUnavailable { .. } => "SourceUnavailable",
             Error::DatabaseUnavailable(_) => "DatabaseUnavailable",
             Error::DatabaseError(_) => "DatabaseError",
+            Error::Interrupted { .. } => "Interrupted",
         }
     }
 
@@ -146,6 +172,8 @@ pub const ERROR_NAMES: &[&str] = &[
     "NotParquet",
     "TruncatedParquet",
     "UnknownPeriod",
+    "EmptySource",
+    "SuspiciousShrink",
     "TooManyRejectedRows",
     "LoadCountMismatch",
     "IntegrityError",
@@ -155,6 +183,7 @@ pub const ERROR_NAMES: &[&str] = &[
     "SourceUnavailable",
     "DatabaseUnavailable",
     "DatabaseError",
+    "Interrupted",
 ];
 
 /// The names of the errors a retry may cure: the state machine's `Retry` lists exactly these.

@@ -1,6 +1,8 @@
 //! A synthetic month of yellow-taxi trips with the official 2021 schema and the defects real files
 //! have: pickups in other months and years, zero and negative durations, null timestamps and
-//! passenger counts, zero distances, plenty of trips at zones 161 and 237. Deterministic for a seed.
+//! passenger counts, zero distances, plenty of trips at zones 161 and 237; and, rarely, the absurd
+//! rows clean must refuse: NaN and negative distances, zone ids outside 1..=265, day-long trips and
+//! hundreds of miles in minutes. Deterministic for a seed.
 //! Tests and benchmarks use it because full monthly files are not on these machines.
 
 use std::path::Path;
@@ -32,6 +34,12 @@ const NEXT_MONTH: f64 = 0.0002;
 const DISTANT_YEAR: f64 = 0.0001;
 const NULL_PASSENGERS: f64 = 0.03;
 const ZERO_DISTANCE: f64 = 0.015;
+/// The rarer absurdities real files hold, each of which would poison the answers if kept.
+const NAN_DISTANCE: f64 = 0.00003;
+const NEGATIVE_DISTANCE: f64 = 0.00005;
+const UNKNOWN_ZONE_ID: f64 = 0.00005;
+const DAY_LONG_TRIP: f64 = 0.00004;
+const TELEPORT: f64 = 0.00003;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenSpec {
@@ -204,6 +212,25 @@ impl Generator {
             } else if defect < ZERO_DURATION + NEGATIVE_DURATION {
                 seconds = -rng.random_range(60..7200);
             }
+            let oddity: f64 = rng.random();
+            let mut distance = distance;
+            let mut zone_ids = (zone(rng), zone(rng));
+            let mut oddity_at = 0.0;
+            let mut next = |rate: f64| {
+                oddity_at += rate;
+                oddity < oddity_at
+            };
+            if next(NAN_DISTANCE) {
+                distance = f64::NAN;
+            } else if next(NEGATIVE_DISTANCE) {
+                distance = -distance;
+            } else if next(UNKNOWN_ZONE_ID) {
+                zone_ids.0 = [0, 266, 999][rng.random_range(0..3)];
+            } else if next(DAY_LONG_TRIP) {
+                seconds = rng.random_range(25 * 3600..80 * 3600);
+            } else if next(TELEPORT) {
+                distance = rng.random_range(300.0..5000.0);
+            }
             let dropoff = pickup + seconds * MICROS_PER_SECOND;
             let null_time: f64 = rng.random();
             let (pickup, dropoff) = if null_time < NULL_TIMESTAMP / 2.0 {
@@ -234,8 +261,8 @@ impl Generator {
             c.distance.push(Some(distance));
             c.ratecode.push((!unknown_meta).then_some(1.0));
             c.flag.push((!unknown_meta).then_some("N"));
-            c.pu.push(Some(zone(rng)));
-            c.dol.push(Some(zone(rng)));
+            c.pu.push(Some(zone_ids.0));
+            c.dol.push(Some(zone_ids.1));
             c.payment.push(Some(payment));
             c.fare.push(Some(fare));
             c.extra.push(Some(0.5));
@@ -330,6 +357,7 @@ mod tests {
 
         let (start, end) = spec.period.bounds_micros();
         let (mut outside, mut zero, mut negative, mut null_ts, mut zone_161) = (0, 0, 0, 0, 0);
+        let (mut nan, mut negative_distance, mut bad_zone, mut long, mut fast) = (0, 0, 0, 0, 0);
         for batch in &a {
             let pickup = batch
                 .column(1)
@@ -342,8 +370,13 @@ mod tests {
                 .downcast_ref::<TimestampMicrosecondArray>()
                 .unwrap();
             let pu = batch.column(7).as_any().downcast_ref::<Int64Array>().unwrap();
+            let distance = batch.column(4).as_any().downcast_ref::<Float64Array>().unwrap();
             for i in 0..batch.num_rows() {
                 zone_161 += usize::from(pu.value(i) == 161);
+                nan += usize::from(distance.value(i).is_nan());
+                negative_distance += usize::from(distance.value(i) < 0.0);
+                fast += usize::from(distance.value(i) >= 300.0);
+                bad_zone += usize::from(!(1..=265).contains(&pu.value(i)));
                 match (
                     pickup.is_valid(i).then(|| pickup.value(i)),
                     dropoff.is_valid(i).then(|| dropoff.value(i)),
@@ -352,6 +385,7 @@ mod tests {
                         zero += usize::from(d == p);
                         negative += usize::from(d < p);
                         outside += usize::from(p < start || p >= end);
+                        long += usize::from(d - p > 24 * 3600 * MICROS_PER_SECOND);
                     }
                     _ => null_ts += 1,
                 }
@@ -362,5 +396,9 @@ mod tests {
             "{outside} {zero} {negative} {null_ts}"
         );
         assert!(zone_161 > 1000, "{zone_161}");
+        assert!(
+            nan > 0 && negative_distance > 0 && bad_zone > 0 && long > 0 && fast > 0,
+            "{nan} {negative_distance} {bad_zone} {long} {fast}"
+        );
     }
 }

@@ -67,6 +67,8 @@ pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput
             raw_key: ingested.raw_key.clone(),
             manifest_key: ingested.manifest_key.clone(),
             max_rejected_ratio: None,
+            allow_shrink: ingested.allow_shrink,
+            run_id: ingested.run_id.clone(),
         },
     )
     .await?;

@@ -1,18 +1,30 @@
 //! **clean.** Reads the raw object of one source (after checking it against the ingest manifest),
 //! row group by row group and only the contract's columns, and applies the rules below. Kept rows go
 //! to `clean/`, rejected rows with a `reject_reason` column to `quarantine/`: every input row is
-//! accounted for (`rows_in = rows_kept + sum(rows_rejected)`). Returns counts per rule and a verdict:
-//! `TooManyRejectedRows` when the rejected share passes the configured limit, in which case no clean
-//! object is published (the quarantine file and the report still are, to show why).
+//! accounted for (`rows_in = rows_kept + sum(rows_rejected)`). Returns counts per rule and a verdict.
 //!
-//! Rules, first match wins, each counted separately:
+//! Two guards decide before anything is published, so a refused file changes nothing readers see:
+//! - `TooManyRejectedRows` (a verdict, for the state machine's Choice) when the rejected share
+//!   passes the limit; the counts go to `reports/<dataset>/<period>/clean-refused.json`.
+//! - `SuspiciousShrink` (an error) when the file keeps fewer rows than `min_kept_share` of the
+//!   month's current clean version, unless the run allows it.
+//!
+//! Rules, first match wins, each counted under its name (thresholds from [`RuleLimits`]):
 //! 1. `null_timestamp`: pickup or dropoff is null.
-//! 2. `non_positive_duration`: dropoff - pickup is zero or negative.
-//! 3. `outside_period`: pickup is not in the file's month.
+//! 2. `timestamp_out_of_range`: a timestamp `timestamp[us]` cannot hold (never counted as null).
+//! 3. `non_positive_duration`: dropoff <= pickup.
+//! 4. `outside_period`: pickup is not in the file's month.
+//! 5. `non_finite`: NaN or infinite trip_distance or money column.
+//! 6. `negative_distance`: trip_distance < 0.
+//! 7. `location_out_of_range`: pickup or dropoff location null or outside 1..=265.
+//! 8. `implausible_duration`: longer than `max_trip_hours` (24).
+//! 9. `implausible_speed`: trip_distance > 0 at more than `max_speed_mph` (100).
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
@@ -20,12 +32,13 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{StageContext, Verdict, ingest};
-use crate::contract::{self, col};
+use crate::config::RuleLimits;
+use crate::contract::{self, CanonicalBatch, col};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, ManifestObject};
 use crate::parquet_io::{ParquetSink, decode_error, open_stream};
 use crate::period::Period;
-use crate::storage::Layout;
+use crate::storage::{Layout, ObjectStore, get_json, put_json};
 
 pub const STAGE: &str = "clean";
 pub const REJECT_REASON: &str = "reject_reason";
@@ -40,6 +53,12 @@ pub struct CleanInput {
     /// Overrides the configured rejection limit for this run.
     #[serde(default)]
     pub max_rejected_ratio: Option<f64>,
+    /// Accept a new version that keeps far fewer rows than the current one (`SuspiciousShrink`).
+    #[serde(default)]
+    pub allow_shrink: bool,
+    /// The run this is part of (from ingest); names the run's own reports.
+    #[serde(default)]
+    pub run_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,80 +76,236 @@ pub struct CleanOutput {
     pub max_rejected_ratio: f64,
 }
 
-/// Why a row was rejected.
+/// Why a row was rejected. The rules are tried in this order and the first that matches names the
+/// reason, so each rejected row is counted once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
     NullTimestamp,
+    TimestampOutOfRange,
     NonPositiveDuration,
     OutsidePeriod,
+    NonFinite,
+    NegativeDistance,
+    LocationOutOfRange,
+    ImplausibleDuration,
+    ImplausibleSpeed,
 }
 
 impl RejectReason {
+    pub const ALL: [RejectReason; 9] = [
+        RejectReason::NullTimestamp,
+        RejectReason::TimestampOutOfRange,
+        RejectReason::NonPositiveDuration,
+        RejectReason::OutsidePeriod,
+        RejectReason::NonFinite,
+        RejectReason::NegativeDistance,
+        RejectReason::LocationOutOfRange,
+        RejectReason::ImplausibleDuration,
+        RejectReason::ImplausibleSpeed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::NullTimestamp => "null_timestamp",
+            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
             RejectReason::NonPositiveDuration => "non_positive_duration",
             RejectReason::OutsidePeriod => "outside_period",
+            RejectReason::NonFinite => "non_finite",
+            RejectReason::NegativeDistance => "negative_distance",
+            RejectReason::LocationOutOfRange => "location_out_of_range",
+            RejectReason::ImplausibleDuration => "implausible_duration",
+            RejectReason::ImplausibleSpeed => "implausible_speed",
         }
     }
 }
 
+/// Rejected rows per reason. Serialised with the reasons' names as keys.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectCounts {
     pub null_timestamp: u64,
+    #[serde(default)]
+    pub timestamp_out_of_range: u64,
     pub non_positive_duration: u64,
     pub outside_period: u64,
+    #[serde(default)]
+    pub non_finite: u64,
+    #[serde(default)]
+    pub negative_distance: u64,
+    #[serde(default)]
+    pub location_out_of_range: u64,
+    #[serde(default)]
+    pub implausible_duration: u64,
+    #[serde(default)]
+    pub implausible_speed: u64,
 }
 
 impl RejectCounts {
     pub fn total(&self) -> u64 {
-        self.null_timestamp + self.non_positive_duration + self.outside_period
+        RejectReason::ALL.iter().map(|&r| self.get(r)).sum()
+    }
+
+    pub fn get(&self, reason: RejectReason) -> u64 {
+        *self.slot(reason)
     }
 
     fn add(&mut self, reason: RejectReason) {
+        *self.slot_mut(reason) += 1;
+    }
+
+    fn slot(&self, reason: RejectReason) -> &u64 {
         match reason {
-            RejectReason::NullTimestamp => self.null_timestamp += 1,
-            RejectReason::NonPositiveDuration => self.non_positive_duration += 1,
-            RejectReason::OutsidePeriod => self.outside_period += 1,
+            RejectReason::NullTimestamp => &self.null_timestamp,
+            RejectReason::TimestampOutOfRange => &self.timestamp_out_of_range,
+            RejectReason::NonPositiveDuration => &self.non_positive_duration,
+            RejectReason::OutsidePeriod => &self.outside_period,
+            RejectReason::NonFinite => &self.non_finite,
+            RejectReason::NegativeDistance => &self.negative_distance,
+            RejectReason::LocationOutOfRange => &self.location_out_of_range,
+            RejectReason::ImplausibleDuration => &self.implausible_duration,
+            RejectReason::ImplausibleSpeed => &self.implausible_speed,
+        }
+    }
+
+    fn slot_mut(&mut self, reason: RejectReason) -> &mut u64 {
+        match reason {
+            RejectReason::NullTimestamp => &mut self.null_timestamp,
+            RejectReason::TimestampOutOfRange => &mut self.timestamp_out_of_range,
+            RejectReason::NonPositiveDuration => &mut self.non_positive_duration,
+            RejectReason::OutsidePeriod => &mut self.outside_period,
+            RejectReason::NonFinite => &mut self.non_finite,
+            RejectReason::NegativeDistance => &mut self.negative_distance,
+            RejectReason::LocationOutOfRange => &mut self.location_out_of_range,
+            RejectReason::ImplausibleDuration => &mut self.implausible_duration,
+            RejectReason::ImplausibleSpeed => &mut self.implausible_speed,
         }
     }
 }
 
-/// The rule for one row. Timestamps are microseconds since the epoch, TLC local time.
-pub fn classify_row(pickup: Option<i64>, dropoff: Option<i64>, period_bounds: (i64, i64)) -> Option<RejectReason> {
-    let (Some(pickup), Some(dropoff)) = (pickup, dropoff) else {
-        return Some(RejectReason::NullTimestamp);
+/// TLC's taxi zones are 1..=263; 264 and 265 are its "unknown" zones, kept as TLC publishes them.
+pub const LOCATION_IDS: std::ops::RangeInclusive<i32> = 1..=265;
+const MICROS_PER_HOUR: f64 = 3_600_000_000.0;
+
+/// The limits one run's rules check against: the file's month and the plausibility thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    /// `[start, end)` of the month, microseconds since the epoch (TLC local time).
+    pub period_bounds: (i64, i64),
+    pub limits: RuleLimits,
+}
+
+impl Rules {
+    pub fn new(period: Period, limits: RuleLimits) -> Self {
+        Rules {
+            period_bounds: period.bounds_micros(),
+            limits,
+        }
+    }
+}
+
+/// What the rules look at in one row, in canonical units.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Trip {
+    /// Microseconds since the epoch; `None` when null in the source.
+    pub pickup: Option<i64>,
+    pub dropoff: Option<i64>,
+    /// A timestamp was present in the source but beyond what `timestamp[us]` holds.
+    pub timestamp_out_of_range: bool,
+    pub distance: Option<f64>,
+    /// Every money column is null or finite.
+    pub money_finite: bool,
+    pub pu_location: Option<i32>,
+    pub do_location: Option<i32>,
+}
+
+/// The rules for one row; `None` keeps it.
+pub fn classify(trip: &Trip, rules: &Rules) -> Option<RejectReason> {
+    let (Some(pickup), Some(dropoff)) = (trip.pickup, trip.dropoff) else {
+        // A value nulled only because it could not be represented is not a null in the source.
+        return Some(if trip.timestamp_out_of_range {
+            RejectReason::TimestampOutOfRange
+        } else {
+            RejectReason::NullTimestamp
+        });
     };
     if dropoff <= pickup {
         return Some(RejectReason::NonPositiveDuration);
     }
-    if pickup < period_bounds.0 || pickup >= period_bounds.1 {
+    let (start, end) = rules.period_bounds;
+    if pickup < start || pickup >= end {
         return Some(RejectReason::OutsidePeriod);
+    }
+    if !trip.money_finite || trip.distance.is_some_and(|d| !d.is_finite()) {
+        return Some(RejectReason::NonFinite);
+    }
+    if trip.distance.is_some_and(|d| d < 0.0) {
+        return Some(RejectReason::NegativeDistance);
+    }
+    let zone_ok = |id: Option<i32>| id.is_some_and(|id| LOCATION_IDS.contains(&id));
+    if !zone_ok(trip.pu_location) || !zone_ok(trip.do_location) {
+        return Some(RejectReason::LocationOutOfRange);
+    }
+    // pickup is inside the month, so the difference cannot overflow.
+    let hours = (dropoff - pickup) as f64 / MICROS_PER_HOUR;
+    if hours > rules.limits.max_trip_hours {
+        return Some(RejectReason::ImplausibleDuration);
+    }
+    if let Some(distance) = trip.distance
+        && distance > 0.0
+        && distance / hours > rules.limits.max_speed_mph
+    {
+        return Some(RejectReason::ImplausibleSpeed);
     }
     None
 }
 
-fn timestamps<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a TimestampMicrosecondArray> {
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, expected: &str) -> Result<&'a T> {
     batch
         .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-        .ok_or_else(|| Error::schema_drift(name, "not a canonical timestamp column"))
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| Error::schema_drift(name, format!("not a canonical {expected} column")))
 }
+
+/// The money columns whose non-finite values poison sums (`non_finite`).
+const MONEY: [&str; 5] = [
+    col::FARE_AMOUNT,
+    col::TIP_AMOUNT,
+    col::TOTAL_AMOUNT,
+    col::CONGESTION_SURCHARGE,
+    col::AIRPORT_FEE,
+];
 
 /// Splits a canonical batch into kept rows and rejected rows (with their reasons).
 pub fn split_batch(
-    batch: &RecordBatch,
-    period: Period,
+    canonical: &CanonicalBatch,
+    rules: &Rules,
     counts: &mut RejectCounts,
 ) -> Result<(RecordBatch, RecordBatch)> {
-    let pickup = timestamps(batch, col::PICKUP_AT)?;
-    let dropoff = timestamps(batch, col::DROPOFF_AT)?;
-    let bounds = period.bounds_micros();
+    let batch = &canonical.batch;
+    let pickup = column::<TimestampMicrosecondArray>(batch, col::PICKUP_AT, "timestamp")?;
+    let dropoff = column::<TimestampMicrosecondArray>(batch, col::DROPOFF_AT, "timestamp")?;
+    let distance = column::<Float64Array>(batch, col::TRIP_DISTANCE, "float64")?;
+    let pu = column::<Int32Array>(batch, col::PU_LOCATION_ID, "int32")?;
+    let do_ = column::<Int32Array>(batch, col::DO_LOCATION_ID, "int32")?;
+    let money = MONEY
+        .iter()
+        .map(|name| column::<Float64Array>(batch, name, "float64"))
+        .collect::<Result<Vec<_>>>()?;
+    let out_of_range = |mask: &Option<BooleanArray>, row: usize| mask.as_ref().is_some_and(|m| m.value(row));
+
     let mut keep = Vec::with_capacity(batch.num_rows());
     let mut reasons = Vec::new();
     for row in 0..batch.num_rows() {
-        let value = |a: &TimestampMicrosecondArray| a.is_valid(row).then(|| a.value(row));
-        match classify_row(value(pickup), value(dropoff), bounds) {
+        let trip = Trip {
+            pickup: pickup.is_valid(row).then(|| pickup.value(row)),
+            dropoff: dropoff.is_valid(row).then(|| dropoff.value(row)),
+            timestamp_out_of_range: out_of_range(&canonical.pickup_out_of_range, row)
+                || out_of_range(&canonical.dropoff_out_of_range, row),
+            distance: distance.is_valid(row).then(|| distance.value(row)),
+            money_finite: money.iter().all(|m| m.is_null(row) || m.value(row).is_finite()),
+            pu_location: pu.is_valid(row).then(|| pu.value(row)),
+            do_location: do_.is_valid(row).then(|| do_.value(row)),
+        };
+        match classify(&trip, rules) {
             None => keep.push(true),
             Some(reason) => {
                 keep.push(false);
@@ -161,6 +336,21 @@ pub fn quarantine_schema() -> SchemaRef {
 }
 
 pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
+    let raw_key = input.raw_key.clone();
+    let result = clean(ctx, input).await;
+    // A file this run refused is no accepted source: its raw copy goes, the accepted one stays. A
+    // retryable failure keeps it, for the retry.
+    let refused = match &result {
+        Ok(output) => output.verdict != Verdict::Ok,
+        Err(err) => !err.is_retryable(),
+    };
+    if refused && Layout::is_run_scoped(&raw_key) {
+        ctx.store.delete(&raw_key).await?;
+    }
+    result
+}
+
+async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     let max_rejected_ratio = match input.max_rejected_ratio {
         Some(r) if (0.0..=1.0).contains(&r) => r,
         Some(r) => {
@@ -190,6 +380,7 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     let mut rejected_sink =
         ParquetSink::create(store.as_ref(), &quarantine_key, quarantine_schema(), row_group_rows).await?;
 
+    let rules = Rules::new(input.period, ctx.config.rules);
     let mut counts = RejectCounts::default();
     let mut rows_in = 0u64;
     let copied = async {
@@ -197,7 +388,7 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         while let Some(batch) = stream.try_next().await.map_err(|e| decode_error(&input.raw_key, e))? {
             rows_in += batch.num_rows() as u64;
             let canonical = source.canonicalize(&batch)?;
-            let (kept, rejected) = split_batch(&canonical, input.period, &mut counts)?;
+            let (kept, rejected) = split_batch(&canonical, &rules, &mut counts)?;
             kept_sink.write(&kept).await?;
             rejected_sink.write(&rejected).await?;
         }
@@ -233,27 +424,25 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     } else {
         Verdict::Ok
     };
-
-    let quarantine = rejected_sink.finish().await?;
-    let mut objects = vec![ManifestObject {
-        object: quarantine.0,
-        rows: quarantine.1,
-    }];
-    if verdict == Verdict::Ok {
-        let kept = kept_sink.finish().await?;
-        objects.insert(
-            0,
-            ManifestObject {
-                object: kept.0,
-                rows: kept.1,
-            },
-        );
+    let current_kept = if verdict == Verdict::Ok && !input.allow_shrink {
+        current_rows_kept(store.as_ref(), &layout).await?
     } else {
-        // The new file failed its verdict: leave no clean object of this period for transform to pick up.
-        kept_sink.abort().await?;
-        store.delete(&clean_key).await?;
+        None
+    };
+    if let Some(current_kept) = current_kept
+        && shrinks_suspiciously(rows_kept, current_kept, ctx.config.min_kept_share)
+    {
+        let _ = kept_sink.abort().await;
+        let _ = rejected_sink.abort().await;
+        return Err(Error::SuspiciousShrink {
+            source_id: layout.source_id(),
+            kept: rows_kept,
+            current_kept,
+            min_share: ctx.config.min_kept_share,
+        });
     }
-    let output = CleanOutput {
+
+    let mut output = CleanOutput {
         verdict,
         dataset: input.dataset,
         period: input.period,
@@ -266,20 +455,61 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         rejected_ratio,
         max_rejected_ratio,
     };
+    if verdict != Verdict::Ok {
+        // A refused file changes nothing readers see: the current clean and quarantine objects and
+        // their manifest stay. The counts go to a report of their own, for the operator.
+        kept_sink.abort().await?;
+        rejected_sink.abort().await?;
+        output.manifest_key = if input.run_id.is_empty() {
+            layout.report_key(REFUSED_REPORT)
+        } else {
+            layout.run_report_key(&input.run_id, REFUSED_REPORT)
+        };
+        put_json(store.as_ref(), &output.manifest_key, &output).await?;
+        info!(rows_in, rows_kept, rejected = ?counts, rejected_ratio, verdict = ?verdict, "clean refused the file");
+        return Ok(output);
+    }
+
+    let quarantine = match rejected_sink.finish().await {
+        Ok(quarantine) => quarantine,
+        Err(err) => {
+            let _ = kept_sink.abort().await;
+            return Err(err);
+        }
+    };
+    let kept = kept_sink.finish().await?;
+    let objects = vec![
+        ManifestObject {
+            object: kept.0,
+            rows: kept.1,
+        },
+        ManifestObject {
+            object: quarantine.0,
+            rows: quarantine.1,
+        },
+    ];
     Manifest::new(STAGE, layout.source_id(), objects, output.clone())
         .write(store.as_ref(), &output.manifest_key)
         .await?;
-    info!(
-        rows_in,
-        rows_kept,
-        null_timestamp = counts.null_timestamp,
-        non_positive_duration = counts.non_positive_duration,
-        outside_period = counts.outside_period,
-        rejected_ratio,
-        verdict = ?verdict,
-        "clean done"
-    );
+    info!(rows_in, rows_kept, rejected = ?counts, rejected_ratio, verdict = ?verdict, "clean done");
     Ok(output)
+}
+
+/// Where a refused clean run's counts go, beside (not over) the current version's manifest.
+pub const REFUSED_REPORT: &str = "clean-refused";
+
+/// Whether `kept` rows replacing `current_kept` is the kind of shrink a partial file causes.
+pub fn shrinks_suspiciously(kept: u64, current_kept: u64, min_share: f64) -> bool {
+    (kept as f64) < min_share * current_kept as f64
+}
+
+/// The kept rows of the month's current clean version, if there is one.
+async fn current_rows_kept(store: &dyn ObjectStore, layout: &Layout) -> Result<Option<u64>> {
+    match get_json::<Manifest<CleanOutput>>(store, &layout.report_key(STAGE)).await {
+        Ok(current) if current.output.verdict == Verdict::Ok => Ok(Some(current.output.rows_kept)),
+        Ok(_) | Err(Error::ObjectNotFound { .. }) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 async fn open_projected(
@@ -302,71 +532,201 @@ mod tests {
     use arrow::array::new_null_array;
 
     const MARCH_2021: (i64, i64) = (1_614_556_800_000_000, 1_617_235_200_000_000);
+    const MINUTE: i64 = 60_000_000;
+
+    fn rules() -> Rules {
+        Rules::new("2021-03".parse().unwrap(), RuleLimits::default())
+    }
+
+    /// A plausible trip: 2 miles in ten minutes from zone 161 to 237.
+    fn trip() -> Trip {
+        let start = MARCH_2021.0;
+        Trip {
+            pickup: Some(start),
+            dropoff: Some(start + 10 * MINUTE),
+            timestamp_out_of_range: false,
+            distance: Some(2.0),
+            money_finite: true,
+            pu_location: Some(161),
+            do_location: Some(237),
+        }
+    }
+
+    fn reason(change: impl FnOnce(&mut Trip)) -> Option<&'static str> {
+        let mut t = trip();
+        change(&mut t);
+        classify(&t, &rules()).map(RejectReason::as_str)
+    }
 
     #[test]
     fn each_rule_rejects_with_its_reason() {
-        let (start, _) = MARCH_2021;
-        let minute = 60_000_000;
+        let (start, end) = MARCH_2021;
+        assert_eq!(reason(|_| {}), None);
+        assert_eq!(reason(|t| t.pickup = None), Some("null_timestamp"));
+        assert_eq!(reason(|t| t.dropoff = None), Some("null_timestamp"));
         assert_eq!(
-            classify_row(None, Some(start), MARCH_2021),
-            Some(RejectReason::NullTimestamp)
+            reason(|t| {
+                t.dropoff = None;
+                t.timestamp_out_of_range = true
+            }),
+            Some("timestamp_out_of_range")
+        );
+        assert_eq!(reason(|t| t.dropoff = t.pickup), Some("non_positive_duration"));
+        assert_eq!(
+            reason(|t| t.dropoff = Some(start - MINUTE)),
+            Some("non_positive_duration")
         );
         assert_eq!(
-            classify_row(Some(start), None, MARCH_2021),
-            Some(RejectReason::NullTimestamp)
+            reason(|t| {
+                t.pickup = Some(start - MINUTE);
+                t.dropoff = Some(start + MINUTE)
+            }),
+            Some("outside_period")
         );
         assert_eq!(
-            classify_row(Some(start), Some(start), MARCH_2021),
-            Some(RejectReason::NonPositiveDuration)
+            reason(|t| {
+                t.pickup = Some(end);
+                t.dropoff = Some(end + MINUTE)
+            }),
+            Some("outside_period")
+        );
+        assert_eq!(reason(|t| t.distance = Some(f64::NAN)), Some("non_finite"));
+        assert_eq!(reason(|t| t.distance = Some(f64::INFINITY)), Some("non_finite"));
+        assert_eq!(reason(|t| t.money_finite = false), Some("non_finite"));
+        assert_eq!(reason(|t| t.distance = Some(-0.5)), Some("negative_distance"));
+        for bad in [None, Some(0), Some(266), Some(999), Some(-5)] {
+            assert_eq!(
+                reason(|t| t.pu_location = bad),
+                Some("location_out_of_range"),
+                "{bad:?}"
+            );
+            assert_eq!(
+                reason(|t| t.do_location = bad),
+                Some("location_out_of_range"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            reason(|t| t.pu_location = Some(264)),
+            None,
+            "TLC's unknown zones are kept"
+        );
+        assert_eq!(reason(|t| t.do_location = Some(265)), None);
+        assert_eq!(
+            reason(|t| t.dropoff = Some(start + 25 * 60 * MINUTE)),
+            Some("implausible_duration")
+        );
+        // 100 miles in 0.001 s, and 300 miles in an hour.
+        assert_eq!(
+            reason(|t| {
+                t.dropoff = Some(start + 1_000);
+                t.distance = Some(100.0)
+            }),
+            Some("implausible_speed")
         );
         assert_eq!(
-            classify_row(Some(start + minute), Some(start), MARCH_2021),
-            Some(RejectReason::NonPositiveDuration)
+            reason(|t| {
+                t.dropoff = Some(start + 60 * MINUTE);
+                t.distance = Some(300.0)
+            }),
+            Some("implausible_speed")
         );
+        // A null or zero distance is kept (it simply does not count towards the average).
+        assert_eq!(reason(|t| t.distance = None), None);
+        assert_eq!(reason(|t| t.distance = Some(0.0)), None);
+        // A trip starting in the last microsecond of the month and ending in the next is the month's trip.
         assert_eq!(
-            classify_row(Some(start - minute), Some(start + minute), MARCH_2021),
-            Some(RejectReason::OutsidePeriod)
-        );
-        assert_eq!(
-            classify_row(Some(MARCH_2021.1), Some(MARCH_2021.1 + minute), MARCH_2021),
-            Some(RejectReason::OutsidePeriod)
-        );
-        assert_eq!(classify_row(Some(start), Some(start + minute), MARCH_2021), None);
-        // A trip starting in the last second of the month and ending in the next is the month's trip.
-        assert_eq!(
-            classify_row(Some(MARCH_2021.1 - 1), Some(MARCH_2021.1 + minute), MARCH_2021),
+            reason(|t| {
+                t.pickup = Some(end - 1);
+                t.dropoff = Some(end + 10 * MINUTE)
+            }),
             None
         );
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins() {
+        // Outside the month and NaN: the earlier rule names it.
+        assert_eq!(
+            reason(|t| {
+                t.pickup = Some(MARCH_2021.0 - MINUTE);
+                t.distance = Some(f64::NAN)
+            }),
+            Some("outside_period")
+        );
+        // Negative distance and a bad zone: negative_distance comes first.
+        assert_eq!(
+            reason(|t| {
+                t.distance = Some(-1.0);
+                t.pu_location = Some(0)
+            }),
+            Some("negative_distance")
+        );
+    }
+
+    #[test]
+    fn thresholds_come_from_the_limits() {
+        let strict = Rules::new(
+            "2021-03".parse().unwrap(),
+            RuleLimits {
+                max_trip_hours: 0.1,
+                max_speed_mph: 5.0,
+            },
+        );
+        // 2 miles in 10 minutes is 12 mph: too fast for a 5 mph limit; 10 minutes is over 6.
+        assert_eq!(classify(&trip(), &strict), Some(RejectReason::ImplausibleDuration));
+        let mut slow = trip();
+        slow.dropoff = Some(MARCH_2021.0 + 5 * MINUTE);
+        assert_eq!(classify(&slow, &strict), Some(RejectReason::ImplausibleSpeed));
+    }
+
+    #[test]
+    fn shrink_is_measured_against_the_current_version() {
+        assert!(shrinks_suspiciously(990, 1_900_000, 0.5));
+        assert!(!shrinks_suspiciously(950_000, 1_900_000, 0.5));
+        assert!(!shrinks_suspiciously(0, 1, 0.0), "a share of 0 turns the guard off");
     }
 
     #[test]
     fn split_accounts_for_every_row() {
         let schema = contract::canonical_schema();
         let (start, _) = MARCH_2021;
-        let pickups = TimestampMicrosecondArray::from(vec![Some(start), None, Some(start), Some(start - 10)]);
-        let dropoffs = TimestampMicrosecondArray::from(vec![Some(start + 10), Some(start), Some(start), Some(start)]);
+        let pickups =
+            TimestampMicrosecondArray::from(vec![Some(start), None, Some(start), Some(start - 10), Some(start)]);
+        let dropoffs = TimestampMicrosecondArray::from(vec![
+            Some(start + MINUTE),
+            Some(start),
+            Some(start),
+            Some(start),
+            Some(start + MINUTE),
+        ]);
         let columns: Vec<ArrayRef> = schema
             .fields()
             .iter()
             .map(|f| match f.name().as_str() {
                 col::PICKUP_AT => Arc::new(pickups.clone()) as ArrayRef,
                 col::DROPOFF_AT => Arc::new(dropoffs.clone()) as ArrayRef,
-                _ => new_null_array(f.data_type(), 4),
+                col::PU_LOCATION_ID | col::DO_LOCATION_ID => Arc::new(Int32Array::from(vec![100; 5])) as ArrayRef,
+                col::TRIP_DISTANCE => Arc::new(Float64Array::from(vec![1.0, 1.0, 1.0, 1.0, f64::NAN])) as ArrayRef,
+                _ => new_null_array(f.data_type(), 5),
             })
             .collect();
-        let batch = RecordBatch::try_new(schema, columns).unwrap();
+        let batch = CanonicalBatch::in_range(RecordBatch::try_new(schema, columns).unwrap());
         let mut counts = RejectCounts::default();
-        let (kept, rejected) = split_batch(&batch, "2021-03".parse().unwrap(), &mut counts).unwrap();
+        let (kept, rejected) = split_batch(&batch, &rules(), &mut counts).unwrap();
         assert_eq!(kept.num_rows(), 1);
-        assert_eq!(rejected.num_rows(), 3);
+        assert_eq!(rejected.num_rows(), 4);
         assert_eq!(
             counts,
             RejectCounts {
                 null_timestamp: 1,
                 non_positive_duration: 1,
-                outside_period: 1
+                outside_period: 1,
+                non_finite: 1,
+                ..RejectCounts::default()
             }
         );
+        assert_eq!(counts.total(), 4);
         let reasons = rejected
             .column_by_name(REJECT_REASON)
             .unwrap()
@@ -375,7 +735,20 @@ mod tests {
             .unwrap();
         assert_eq!(
             reasons.iter().flatten().collect::<Vec<_>>(),
-            ["null_timestamp", "non_positive_duration", "outside_period"]
+            [
+                "null_timestamp",
+                "non_positive_duration",
+                "outside_period",
+                "non_finite"
+            ]
         );
+    }
+
+    #[test]
+    fn reject_counts_serialise_under_the_reason_names() {
+        let json = serde_json::to_value(RejectCounts::default()).unwrap();
+        for reason in RejectReason::ALL {
+            assert!(json.get(reason.as_str()).is_some(), "{}", reason.as_str());
+        }
     }
 }

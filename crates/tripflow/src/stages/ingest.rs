@@ -1,8 +1,9 @@
 //! **ingest + checksum.** Triggered by a new object in `landing/` (or a URL or local path given to
 //! `tripflow run`). Streams the source into `raw/<dataset>/<period>/`, computing its MD5 on the way;
 //! verifies the MD5 against the one given (input, or a `<source>.md5` sidecar); checks the bytes are
-//! Parquet (magic at both ends, a readable footer) and that the schema meets the contract; all before
-//! the raw object is published, so a bad source leaves nothing in `raw/`. Writes the ingest manifest
+//! Parquet (magic at both ends, a readable footer), that the schema meets the contract and that it
+//! holds rows (`EmptySource`); all before the raw object is published, so a bad source leaves
+//! nothing in `raw/`. Writes the ingest manifest
 //! to `reports/` and returns keys, size, MD5 and row counts.
 
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ pub const STAGE: &str = "ingest";
 /// The footer must fit in the tail we keep while streaming; TLC footers are a few KiB.
 const TAIL_BYTES: usize = 8 << 20;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IngestInput {
     /// `s3://bucket/landing/…`, a key in the store (`landing/…`), an `https://` URL, or a local path.
     pub source: String,
@@ -36,6 +37,10 @@ pub struct IngestInput {
     /// The month the file holds; defaults to the one in the file name.
     #[serde(default)]
     pub period: Option<Period>,
+    /// Accept a new version that keeps far fewer rows than the month's current one. Carried in the
+    /// output so clean, which applies the guard, sees it.
+    #[serde(default)]
+    pub allow_shrink: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +48,8 @@ pub struct IngestOutput {
     pub verdict: Verdict,
     pub dataset: String,
     pub period: Period,
+    /// Names this run's own objects (its raw copy, its reports), so no other run's overwrite them.
+    pub run_id: String,
     pub source: String,
     pub raw_key: String,
     pub manifest_key: String,
@@ -53,6 +60,8 @@ pub struct IngestOutput {
     pub rows: u64,
     pub row_groups: usize,
     pub schema_variant: String,
+    #[serde(default)]
+    pub allow_shrink: bool,
 }
 
 /// Where the bytes come from.
@@ -246,7 +255,8 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
         .map(|n| n.dataset)
         .unwrap_or_else(|| "yellow".to_string());
     let layout = Layout::new(dataset.clone(), period);
-    let raw_key = layout.raw_key();
+    let run_id = new_run_id();
+    let raw_key = layout.raw_key(&run_id);
 
     let http = reqwest::Client::builder()
         .user_agent(concat!("tripflow/", env!("CARGO_PKG_VERSION")))
@@ -299,6 +309,9 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
         )
         .map_err(|e| Error::schema_drift("*", format!("schema not readable as Arrow: {e}")))?;
         let contract = contract::check(&arrow_schema)?;
+        if metadata.file_metadata().num_rows() <= 0 {
+            return Err(Error::EmptySource { key: source.name() });
+        }
         Ok((streamed, metadata, contract))
     });
     let (streamed, metadata, contract) = match checked {
@@ -316,14 +329,16 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
         dataset,
         period,
         source: input.source.clone(),
+        run_id: run_id.clone(),
         raw_key: raw.key.clone(),
-        manifest_key: layout.report_key(STAGE),
+        manifest_key: layout.run_report_key(&run_id, STAGE),
         size_bytes: streamed.size,
         md5: streamed.md5,
         md5_verified: expected_md5.is_some(),
         rows,
         row_groups: metadata.num_row_groups(),
         schema_variant: contract.variant,
+        allow_shrink: input.allow_shrink,
     };
     Manifest::new(
         STAGE,
@@ -335,6 +350,18 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
     .await?;
     info!(rows, row_groups = output.row_groups, size_bytes = output.size_bytes, md5 = %output.md5, variant = %output.schema_variant, "ingest done");
     Ok(output)
+}
+
+/// A new run's id: sortable by start time, unique across concurrent runs (`20210401T120000Z-1a2b3c4d`).
+pub fn new_run_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let now = chrono::Utc::now();
+    let mut entropy = Md5Counter::new();
+    entropy.update(&now.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
+    entropy.update(&std::process::id().to_le_bytes());
+    entropy.update(&SEQUENCE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &entropy.finish_hex()[..8])
 }
 
 /// Reads and checks the ingest manifest, then re-hashes the raw object: the guard every later stage
@@ -352,6 +379,14 @@ pub async fn verified_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_ids_are_unique_and_sort_by_start_time() {
+        let (a, b) = (new_run_id(), new_run_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "20210401T120000Z-1a2b3c4d".len());
+        assert!(a[..16] <= b[..16]);
+    }
 
     #[test]
     fn ends_keeper_keeps_the_first_four_and_the_last_bytes() {

@@ -6,7 +6,7 @@
 //! see the old set or the new one, never both, never none; a rerun leaves exactly one copy.
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use futures::{TryStreamExt, pin_mut};
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ const COLUMNS: &[(&str, Type)] = &[
     (col::TOTAL_AMOUNT, Type::FLOAT8),
     (col::CONGESTION_SURCHARGE, Type::FLOAT8),
     (col::AIRPORT_FEE, Type::FLOAT8),
-    (DURATION_S, Type::INT8),
+    (DURATION_S, Type::FLOAT8),
     (SPEED_MPH, Type::FLOAT8),
     (transform::PICKUP_DATE, Type::DATE),
     (PICKUP_WEEK, Type::INT4),
@@ -77,7 +77,7 @@ struct Row {
     floats: [Option<f64>; 7],
     pickup: Option<NaiveDateTime>,
     dropoff: Option<NaiveDateTime>,
-    duration_s: Option<i64>,
+    duration_s: Option<f64>,
     week: Option<i32>,
 }
 
@@ -128,8 +128,8 @@ async fn copy_batch(
     let (pickup, dropoff) = (ts(col::PICKUP_AT)?, ts(col::DROPOFF_AT)?);
     let duration = batch
         .column_by_name(DURATION_S)
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .ok_or_else(|| Error::schema_drift(DURATION_S, "expected int64"))?;
+        .and_then(|c| c.as_primitive_opt::<Float64Type>())
+        .ok_or_else(|| Error::schema_drift(DURATION_S, "expected float64"))?;
     let to_time = |a: &arrow::array::PrimitiveArray<TimestampMicrosecondType>, i: usize| {
         a.is_valid(i)
             .then(|| DateTime::from_timestamp_micros(a.value(i)).map(|t| t.naive_utc()))

@@ -3,12 +3,16 @@
 //!
 //! ```text
 //! landing/yellow_tripdata_2021-03.parquet                         what arrives
-//! raw/yellow/2021-03/yellow_tripdata_2021-03.parquet              byte-exact copy, MD5-checked
+//! raw/yellow/2021-03/run=<run_id>/yellow_tripdata_2021-03.parquet byte-exact copy per run, MD5-checked
 //! clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet     rows that passed the rules
 //! quarantine/yellow/period=2021-03/yellow_tripdata_2021-03.parquet rejected rows + reject_reason
 //! curated/yellow/pickup_date=2021-03-01/yellow_tripdata_2021-03.parquet   analyst-ready
-//! reports/yellow/2021-03/{ingest,clean,transform,load}.json       manifests and reports
+//! reports/yellow/2021-03/{clean,transform,load}.json              the current version's manifests
+//! reports/yellow/2021-03/runs/<run_id>/{ingest,clean-refused}.json one run's own reports
 //! ```
+//!
+//! Raw copies are per run, so a file that a later stage refuses never replaces the accepted copy;
+//! the current version's clean manifest names the run (and so the raw copy) it came from.
 
 use chrono::NaiveDate;
 
@@ -45,8 +49,24 @@ impl Layout {
         format!("{}_tripdata_{}.parquet", self.dataset, self.period)
     }
 
-    pub fn raw_key(&self) -> String {
-        format!("{RAW}{}/{}/{}", self.dataset, self.period, self.file_name())
+    /// The raw copy ingested by one run.
+    pub fn raw_key(&self, run_id: &str) -> String {
+        format!(
+            "{RAW}{}/{}/run={run_id}/{}",
+            self.dataset,
+            self.period,
+            self.file_name()
+        )
+    }
+
+    /// Whether `key` is a raw copy that belongs to one run (and so may be discarded with it).
+    pub fn is_run_scoped(key: &str) -> bool {
+        key.starts_with(RAW) && key.contains("/run=")
+    }
+
+    /// A report that belongs to one run rather than to the month's current version.
+    pub fn run_report_key(&self, run_id: &str, name: &str) -> String {
+        format!("{REPORTS}{}/{}/runs/{run_id}/{name}.json", self.dataset, self.period)
     }
 
     pub fn clean_key(&self) -> String {
@@ -93,7 +113,14 @@ mod tests {
     #[test]
     fn keys_follow_the_documented_layout() {
         let layout = Layout::new("yellow", "2021-03".parse().unwrap());
-        assert_eq!(layout.raw_key(), "raw/yellow/2021-03/yellow_tripdata_2021-03.parquet");
+        assert_eq!(
+            layout.raw_key("20210401T000000Z-0a1b2c3d"),
+            "raw/yellow/2021-03/run=20210401T000000Z-0a1b2c3d/yellow_tripdata_2021-03.parquet"
+        );
+        assert_eq!(
+            layout.run_report_key("r1", "ingest"),
+            "reports/yellow/2021-03/runs/r1/ingest.json"
+        );
         assert_eq!(
             layout.clean_key(),
             "clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet"

@@ -33,6 +33,10 @@ impl LocalStore {
         let root = root
             .canonicalize()
             .map_err(|e| Error::storage("opening", root.display().to_string(), e))?;
+        let removed = remove_abandoned_staging(&root.join(STAGING_DIR));
+        if removed > 0 {
+            tracing::info!(removed, "removed partial writes left by processes that were killed");
+        }
         Ok(LocalStore { root })
     }
 
@@ -51,6 +55,31 @@ impl LocalStore {
         }
         Ok(self.root.join(relative))
     }
+}
+
+/// Deletes the staging files of processes that no longer run (a `kill -9` leaves them; a clean exit,
+/// an error or a signal does not). Staging files are named `<pid>-…`, so those of a live process,
+/// this one or a concurrent run, are left alone. Best effort: what cannot be removed stays.
+fn remove_abandoned_staging(staging: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(staging) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 fn not_found_or(err: std::io::Error, action: &'static str, key: &str) -> Error {
@@ -254,6 +283,21 @@ impl Drop for LocalSink {
 mod tests {
     use super::*;
     use crate::storage::{get_bytes, md5_of, put_bytes};
+
+    #[test]
+    fn staging_of_dead_processes_is_removed_at_open_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join(STAGING_DIR);
+        std::fs::create_dir_all(&staging).unwrap();
+        // pid 0 is never a process of ours; this process's own file must stay.
+        let dead = staging.join("0-7-yellow_tripdata_2021-03.parquet");
+        let live = staging.join(format!("{}-8-yellow_tripdata_2021-03.parquet", std::process::id()));
+        std::fs::write(&dead, b"partial").unwrap();
+        std::fs::write(&live, b"in progress").unwrap();
+        LocalStore::open(dir.path()).unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists());
+    }
 
     #[tokio::test]
     async fn object_is_invisible_until_finish_and_gone_after_abort() {

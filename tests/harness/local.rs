@@ -1,0 +1,127 @@
+//! The whole pipeline on one machine, as `tripflow run` runs it: a local folder for the zones and a
+//! throwaway PostgreSQL, plus what a test needs to look at both afterwards.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use tripflow::Result;
+use tripflow::config::PipelineConfig;
+use tripflow::generator::{GenSpec, write_month};
+use tripflow::pipeline::{RunSummary, run_all};
+use tripflow::stages::StageContext;
+use tripflow::stages::ingest::IngestInput;
+use tripflow::storage::LocalStore;
+
+use crate::pg::TestPostgres;
+
+pub struct Setup {
+    pub dir: TempDir,
+    pub ctx: StageContext,
+    pub pg: TestPostgres,
+}
+
+impl Setup {
+    pub async fn new() -> Self {
+        Self::with_config(PipelineConfig::default()).await
+    }
+
+    pub async fn with_config(config: PipelineConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open(dir.path().join("zones")).unwrap());
+        Setup {
+            ctx: StageContext::new(store, config),
+            pg: TestPostgres::start().await,
+            dir,
+        }
+    }
+
+    pub fn generate(&self, month: &str, rows: usize, seed: u64) -> PathBuf {
+        let path = self.dir.path().join(format!("yellow_tripdata_{month}.parquet"));
+        write_month(
+            &path,
+            GenSpec {
+                period: month.parse().unwrap(),
+                rows,
+                seed,
+            },
+        )
+        .unwrap();
+        path
+    }
+
+    pub async fn run(&self, source: &Path, md5: Option<&str>) -> Result<RunSummary> {
+        let mut client = self.pg.client().await;
+        let input = IngestInput {
+            source: source.display().to_string(),
+            expected_md5: md5.map(str::to_string),
+            ..IngestInput::default()
+        };
+        run_all(&self.ctx, &mut client, input).await
+    }
+
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        self.ctx.store.list(prefix).await.unwrap()
+    }
+}
+
+/// Everything a reader can see: every object in the zones with its MD5 (the current manifests
+/// included), and per month the database's rows and answers. One run's own reports
+/// (`reports/…/runs/<run_id>/`) are left out: a refused run may leave its report there.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub objects: BTreeMap<String, String>,
+    pub trips: BTreeMap<String, i64>,
+    pub answers: BTreeMap<String, tripflow::db::Answers>,
+}
+
+impl Setup {
+    pub async fn run_input(&self, input: IngestInput) -> Result<RunSummary> {
+        let mut client = self.pg.client().await;
+        run_all(&self.ctx, &mut client, input).await
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        let mut objects = BTreeMap::new();
+        for zone in ["raw/", "clean/", "quarantine/", "curated/", "reports/"] {
+            for key in self.keys(zone).await {
+                if key.contains("/runs/") {
+                    continue;
+                }
+                let md5 = tripflow::storage::md5_of(self.ctx.store.as_ref(), &key)
+                    .await
+                    .unwrap()
+                    .md5;
+                objects.insert(key, md5);
+            }
+        }
+        let client = self.pg.client().await;
+        let mut trips = BTreeMap::new();
+        let mut answers = BTreeMap::new();
+        let exists: bool = client
+            .query_one("SELECT to_regclass('tripflow.trips') IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if exists {
+            for row in client
+                .query("SELECT source_id, count(*) FROM tripflow.trips GROUP BY 1", &[])
+                .await
+                .unwrap()
+            {
+                let source_id: String = row.get(0);
+                answers.insert(
+                    source_id.clone(),
+                    tripflow::db::answers(&client, &source_id).await.unwrap(),
+                );
+                trips.insert(source_id, row.get(1));
+            }
+        }
+        Snapshot {
+            objects,
+            trips,
+            answers,
+        }
+    }
+}
