@@ -43,7 +43,7 @@ fn non_retryable_errors() -> Vec<&'static str> {
 
 /// Where a run that failed with an error must end: the Fail state named for what went wrong, or
 /// `StageFailed` for everything without a name of its own.
-const FAIL_STATE_FOR: [(&str, &str); 20] = [
+const FAIL_STATE_FOR: [(&str, &str); 21] = [
     ("ChecksumMismatch", "ChecksumMismatch"),
     ("SchemaDrift", "SchemaDrift"),
     ("NotParquet", "NotParquet"),
@@ -60,6 +60,7 @@ const FAIL_STATE_FOR: [(&str, &str); 20] = [
     ("StorageUnavailable", "StageFailed"),
     ("SourceUnavailable", "StageFailed"),
     ("DatabaseUnavailable", "StageFailed"),
+    ("Timeout", "StageFailed"),
     ("Lambda.ServiceException", "StageFailed"),
     ("Sandbox.Timedout", "StageFailed"),
     ("States.TaskFailed", "StageFailed"),

@@ -12,8 +12,8 @@ use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, Datelike};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tempfile::TempDir;
-use tripflow::config::PipelineConfig;
-use tripflow::db::WeeklySlowPickup;
+use tripflow::config::{DbSettings, PipelineConfig};
+use tripflow::db::{WeeklySlowPickup, versions};
 use tripflow::generator::{GenSpec, write_month};
 use tripflow::period::Period;
 use tripflow::pipeline::{RunSummary, run_all};
@@ -95,7 +95,7 @@ fn expected_from_file(path: &Path, period: Period) -> Expected {
         .build()
         .unwrap();
     let mut e = Expected::default();
-    let (mut distance_sum, mut seconds_sum) = (0.0f64, 0i64);
+    let (mut distance_sum, mut seconds_sum) = (0.0f64, 0.0f64);
     let mut valid_trips: Vec<(i32, i64, f64)> = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
@@ -133,9 +133,10 @@ fn expected_from_file(path: &Path, period: Period) -> Expected {
                 continue;
             }
             e.kept += 1;
-            let seconds = (d - p) / 1_000_000;
+            // Microsecond precision: durations are not truncated to whole seconds.
+            let seconds = (d - p) as f64 / 1_000_000.0;
             let miles = distance.value(i);
-            if miles > 0.0 && seconds > 0 {
+            if miles > 0.0 && seconds > 0.0 {
                 distance_sum += miles;
                 seconds_sum += seconds;
                 let week = DateTime::from_timestamp_micros(p)
@@ -148,11 +149,11 @@ fn expected_from_file(path: &Path, period: Period) -> Expected {
                     237 => 161,
                     other => other,
                 };
-                valid_trips.push((week, location, miles / (seconds as f64 / 3600.0)));
+                valid_trips.push((week, location, miles / (seconds / 3600.0)));
             }
         }
     }
-    e.avg_speed_mph = distance_sum / (seconds_sum as f64 / 3600.0);
+    e.avg_speed_mph = distance_sum / (seconds_sum / 3600.0);
     let mut slow: HashMap<(i32, i64), i64> = HashMap::new();
     for (week, location, speed) in valid_trips {
         if speed < e.avg_speed_mph {
@@ -267,6 +268,386 @@ async fn rerun_of_same_file_leaves_one_copy_of_each_trip() {
         .get(0);
     assert_eq!(runs, 2);
     assert_eq!(setup.keys("curated/").await.len(), 31);
+}
+
+#[tokio::test]
+async fn rerun_leaves_one_current_version_and_keeps_the_previous_one_detached() {
+    let setup = Setup::new().await;
+    let source = setup.generate("2021-03", 20_000, 5);
+    let first = setup.run(&source, None).await.unwrap();
+    let second = setup.run(&source, None).await.unwrap();
+    assert_eq!((first.load.version, second.load.version), (1, 2));
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "previous".to_string()), (2, "current".to_string())]
+    );
+    let history = versions::history(&client, "yellow/2021-03").await.unwrap();
+    let (v1, v2) = (&history[0].partition_table, &history[1].partition_table);
+    assert!(!is_attached(&client, v1).await, "the previous version is detached");
+    assert!(is_attached(&client, v2).await);
+    assert_eq!(rows_in(&client, v1).await as u64, first.rows_loaded, "and kept whole");
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, first.rows_loaded);
+    assert_eq!(history[1].source_md5.as_deref(), Some(first.md5.as_str()));
+    assert_eq!(history[1].avg_speed_mph, second.avg_speed_mph);
+}
+
+#[tokio::test]
+async fn retention_keeps_the_current_and_two_previous_versions() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 5_000, 8), None).await.unwrap();
+    let mut client = setup.pg.client().await;
+    for _ in 0..3 {
+        load::run(&setup.ctx, &mut client, load_input(&summary)).await.unwrap();
+    }
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [
+            (1, "dropped".to_string()),
+            (2, "previous".to_string()),
+            (3, "previous".to_string()),
+            (4, "current".to_string())
+        ]
+    );
+    let history = versions::history(&client, "yellow/2021-03").await.unwrap();
+    assert!(
+        !table_exists(&client, &history[0].partition_table).await,
+        "v1's table dropped"
+    );
+    assert!(history[0].avg_speed_mph.is_some(), "its answers stay in the history");
+    for kept in &history[1..] {
+        assert!(table_exists(&client, &kept.partition_table).await);
+    }
+    let err = versions::make_current(&mut client, "yellow/2021-03", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "InvalidInput", "{err}");
+}
+
+#[tokio::test]
+async fn restoring_a_previous_version_brings_back_its_rows_and_answers() {
+    let setup = Setup::new().await;
+    let a = setup.run(&setup.generate("2021-03", 12_000, 21), None).await.unwrap();
+    let b = setup.run(&setup.generate("2021-03", 9_000, 22), None).await.unwrap();
+    assert_ne!(a.avg_speed_mph, b.avg_speed_mph);
+    let mut client = setup.pg.client().await;
+    let restored = versions::make_current(&mut client, "yellow/2021-03", 1).await.unwrap();
+    assert_eq!(
+        (restored.previous_version, restored.rows_replaced),
+        (Some(2), b.rows_loaded)
+    );
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, a.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, a.weekly_top5);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, a.rows_loaded);
+    let history = versions::history(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(
+        history.iter().map(|v| (v.version, v.current)).collect::<Vec<_>>(),
+        [(1, true), (2, false)]
+    );
+    // Restoring the current version changes nothing; and back again to B.
+    versions::make_current(&mut client, "yellow/2021-03", 1).await.unwrap();
+    versions::make_current(&mut client, "yellow/2021-03", 2).await.unwrap();
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, b.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, b.weekly_top5);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, b.rows_loaded);
+    let err = versions::make_current(&mut client, "yellow/2021-03", 9)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "InvalidInput");
+}
+
+#[tokio::test]
+async fn the_views_agree_with_the_materialized_answers() {
+    let setup = Setup::new().await;
+    let march = setup.run(&setup.generate("2021-03", 40_000, 31), None).await.unwrap();
+    setup.run(&setup.generate("2021-04", 20_000, 32), None).await.unwrap();
+    let client = setup.pg.client().await;
+    for source_id in ["yellow/2021-03", "yellow/2021-04"] {
+        let materialized = tripflow::db::answers(&client, source_id).await.unwrap();
+        let from_view: f64 = client
+            .query_one(
+                "SELECT avg_speed_mph FROM tripflow.monthly_avg_speed WHERE source_id = $1",
+                &[&source_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let avg = materialized.avg_speed_mph.unwrap();
+        assert!((from_view - avg).abs() < 1e-9 * avg, "{from_view} vs {avg}");
+        let weekly: Vec<WeeklySlowPickup> = client
+            .query(
+                "SELECT week, rank, pu_location_id, slow_trips FROM tripflow.weekly_top5_slow_pickups \
+                 WHERE source_id = $1 ORDER BY week, rank",
+                &[&source_id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| WeeklySlowPickup {
+                week: r.get(0),
+                rank: r.get(1),
+                pu_location_id: r.get(2),
+                slow_trips: r.get(3),
+            })
+            .collect();
+        assert_eq!(weekly, materialized.weekly_top5, "{source_id}");
+    }
+    // query.sql's recomputation agrees too.
+    let statements: Vec<String> = tripflow::db::QUERY_SQL
+        .split(';')
+        .map(|s| s.replace(":'source_id'", "'yellow/2021-03'"))
+        .collect();
+    let weekly_sql = statements.iter().find(|s| s.contains("WITH avg")).unwrap();
+    let from_query_sql: Vec<(i32, i64, i32, i64)> = client
+        .query(weekly_sql.as_str(), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let expected: Vec<(i32, i64, i32, i64)> = march
+        .weekly_top5
+        .iter()
+        .map(|w| (w.week, w.rank, w.pu_location_id, w.slow_trips))
+        .collect();
+    assert_eq!(from_query_sql, expected);
+}
+
+#[tokio::test]
+async fn migrations_applied_twice_are_a_no_op_and_recorded_once() {
+    let pg = TestPostgres::start().await;
+    let (mut a, mut b) = (pg.client().await, pg.client().await);
+    // Two first loads at once: the advisory lock lets exactly one apply each migration.
+    let (ra, rb) = tokio::join!(tripflow::db::migrate(&mut a), tripflow::db::migrate(&mut b));
+    let mut applied = ra.unwrap();
+    applied.extend(rb.unwrap());
+    assert_eq!(applied, [1]);
+    assert!(tripflow::db::migrate(&mut a).await.unwrap().is_empty());
+    let recorded: Vec<(i32, String)> = a
+        .query(
+            "SELECT version, name FROM tripflow.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(recorded, [(1, "versioned_trips".to_string())]);
+    let partitioned: bool = a
+        .query_one(
+            "SELECT relkind = 'p' FROM pg_class WHERE oid = 'tripflow.trips'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(partitioned, "tripflow.trips is partitioned by source");
+}
+
+#[tokio::test]
+async fn loads_of_two_months_beside_a_query_loop_finish_without_deadlock() {
+    let setup = Setup::new().await;
+    let march = setup.run(&setup.generate("2021-03", 30_000, 41), None).await.unwrap();
+    let april = setup.run(&setup.generate("2021-04", 30_000, 42), None).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let queries = {
+        let stop = stop.clone();
+        let client = setup.pg.client().await;
+        async move {
+            let started = std::time::Instant::now();
+            let mut rounds = 0u32;
+            // Bounded: until both loads are done, at most 3 s after they start.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds == 0 {
+                for source_id in ["yellow/2021-03", "yellow/2021-04"] {
+                    tripflow::db::answers(&client, source_id).await?;
+                    client
+                        .query(
+                            "SELECT * FROM tripflow.weekly_top5_slow_pickups WHERE source_id = $1",
+                            &[&source_id],
+                        )
+                        .await
+                        .map_err(tripflow::db::classify)?;
+                    client
+                        .query("SELECT * FROM tripflow.monthly_avg_speed", &[])
+                        .await
+                        .map_err(tripflow::db::classify)?;
+                }
+                rounds += 1;
+                if started.elapsed() > std::time::Duration::from_secs(3) {
+                    break;
+                }
+            }
+            Ok::<u32, Error>(rounds)
+        }
+    };
+    let loads = async {
+        let (mut a, mut b) = (setup.pg.client().await, setup.pg.client().await);
+        let result = tokio::join!(
+            load::run(&setup.ctx, &mut a, load_input(&march)),
+            load::run(&setup.ctx, &mut b, load_input(&april))
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    };
+    let ((ra, rb), rounds) = tokio::join!(loads, queries);
+    assert_eq!(ra.unwrap().version, 2);
+    assert_eq!(rb.unwrap().version, 2);
+    assert!(rounds.unwrap() > 0);
+    let client = setup.pg.client().await;
+    assert_eq!(
+        tripflow::db::answers(&client, "yellow/2021-03")
+            .await
+            .unwrap()
+            .avg_speed_mph,
+        march.avg_speed_mph
+    );
+    assert_eq!(
+        tripflow::db::answers(&client, "yellow/2021-04")
+            .await
+            .unwrap()
+            .weekly_top5,
+        april.weekly_top5
+    );
+}
+
+#[tokio::test]
+async fn a_swap_blocked_by_a_long_query_times_out_and_leaves_the_current_version() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 10_000, 51), None).await.unwrap();
+    // An analyst's long query: holds tripflow.trips in share mode until it ends.
+    let mut analyst = setup.pg.client().await;
+    let reading = analyst.transaction().await.unwrap();
+    reading.query("SELECT count(*) FROM tripflow.trips", &[]).await.unwrap();
+
+    let settings = DbSettings {
+        lock_timeout: std::time::Duration::from_secs(1),
+        ..DbSettings::default()
+    };
+    let mut client = tripflow::db::connect_with(setup.pg.url(), &settings).await.unwrap();
+    let err = load::run(&setup.ctx, &mut client, load_input(&summary))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "Timeout", "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("lock"), "{err}");
+    reading.rollback().await.unwrap();
+
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "failed".to_string())]
+    );
+    assert!(!table_exists(&client, &versions::partition_table_name("yellow/2021-03", 2)).await);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+    // Once the query is done, the same load goes through.
+    let mut client = setup.pg.client().await;
+    assert_eq!(
+        load::run(&setup.ctx, &mut client, load_input(&summary))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_database_that_accepts_and_never_answers_is_a_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept and hold every connection without a byte in reply.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let settings = DbSettings {
+        connect_timeout: std::time::Duration::from_secs(1),
+        ..DbSettings::default()
+    };
+    let started = std::time::Instant::now();
+    let err = tripflow::db::connect_with(&format!("postgres://tripflow@127.0.0.1:{port}/tripflow"), &settings)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "gave up in time"
+    );
+    assert!(
+        matches!(&err, Error::Timeout { after_s, what } if *after_s == 1.0 && what.contains(&format!("127.0.0.1:{port}"))),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+    silent.abort();
+    let err = tripflow::db::connect_with("postgres://u@host:port/db", &settings)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "InvalidInput");
+}
+
+fn load_input(summary: &RunSummary) -> LoadInput {
+    LoadInput {
+        dataset: "yellow".into(),
+        period: summary.load.period,
+        manifest_key: summary.transform.manifest_key.clone(),
+    }
+}
+
+/// Every version of a source with its state, in order.
+async fn states(client: &tokio_postgres::Client, source_id: &str) -> Vec<(i32, String)> {
+    client
+        .query(
+            "SELECT version, state FROM tripflow.versions WHERE source_id = $1 ORDER BY version",
+            &[&source_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn table_exists(client: &tokio_postgres::Client, table: &str) -> bool {
+    let name = qualified(table);
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn is_attached(client: &tokio_postgres::Client, table: &str) -> bool {
+    let name = qualified(table);
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits \
+             WHERE inhrelid = to_regclass($1) AND inhparent = 'tripflow.trips'::regclass)",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn rows_in(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {}", qualified(table)), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn qualified(table: &str) -> String {
+    if table.starts_with("tripflow.") {
+        table.to_string()
+    } else {
+        format!("tripflow.{table}")
+    }
 }
 
 #[tokio::test]
@@ -510,4 +891,13 @@ async fn a_count_mismatch_rolls_back_and_keeps_the_previous_load() {
         summary.rows_loaded,
         "previous rows intact"
     );
+    // The previous version stays current with its answers; the refused one left no table.
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "failed".to_string())]
+    );
+    assert!(!table_exists(&client, &versions::partition_table_name("yellow/2021-03", 2)).await);
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, summary.weekly_top5);
 }

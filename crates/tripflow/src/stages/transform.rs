@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{
-    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Datelike, NaiveDate};
@@ -65,7 +63,7 @@ static CURATED: LazyLock<SchemaRef> = LazyLock::new(|| {
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    fields.push(Field::new(DURATION_S, DataType::Int64, false));
+    fields.push(Field::new(DURATION_S, DataType::Float64, false));
     fields.push(Field::new(SPEED_MPH, DataType::Float64, true));
     fields.push(Field::new(PICKUP_WEEK, DataType::Int32, false));
     Arc::new(Schema::new(fields))
@@ -77,9 +75,9 @@ pub fn curated_schema() -> SchemaRef {
 }
 
 /// Speed in miles per hour; `None` where it means nothing (no distance, no time).
-pub fn speed_mph(distance_miles: Option<f64>, duration_s: i64) -> Option<f64> {
+pub fn speed_mph(distance_miles: Option<f64>, duration_s: f64) -> Option<f64> {
     match distance_miles {
-        Some(d) if d > 0.0 && duration_s > 0 => Some(d / (duration_s as f64 / 3600.0)),
+        Some(d) if d > 0.0 && duration_s > 0.0 => Some(d / (duration_s / 3600.0)),
         _ => None,
     }
 }
@@ -136,7 +134,7 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
                 detail: "null timestamp after clean".into(),
             });
         }
-        let duration_s = (dropoff.value(row) - pickup.value(row)) / 1_000_000;
+        let duration_s = (dropoff.value(row) - pickup.value(row)) as f64 / 1_000_000.0;
         let date = DateTime::from_timestamp_micros(pickup.value(row))
             .map(|t| t.date_naive())
             .ok_or_else(|| Error::IntegrityError {
@@ -164,7 +162,7 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
         };
         columns.push(column);
     }
-    columns.push(Arc::new(Int64Array::from(durations)));
+    columns.push(Arc::new(Float64Array::from(durations)));
     columns.push(Arc::new(Float64Array::from(speeds)));
     columns.push(Arc::new(Int32Array::from(weeks)));
     let out = RecordBatch::try_new(curated_schema(), columns).map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -299,11 +297,11 @@ mod tests {
 
     #[test]
     fn speed_is_distance_over_hours_and_null_without_distance() {
-        assert_eq!(speed_mph(Some(3.0), 1800), Some(6.0));
-        assert_eq!(speed_mph(Some(0.0), 1800), None);
-        assert_eq!(speed_mph(Some(-1.0), 1800), None);
-        assert_eq!(speed_mph(None, 1800), None);
-        assert_eq!(speed_mph(Some(1.0), 0), None);
+        assert_eq!(speed_mph(Some(3.0), 1800.0), Some(6.0));
+        assert_eq!(speed_mph(Some(0.0), 1800.0), None);
+        assert_eq!(speed_mph(Some(-1.0), 1800.0), None);
+        assert_eq!(speed_mph(None, 1800.0), None);
+        assert_eq!(speed_mph(Some(1.0), 0.0), None);
     }
 
     #[test]
