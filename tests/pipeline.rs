@@ -590,6 +590,127 @@ async fn a_database_that_accepts_and_never_answers_is_a_timeout() {
     assert_eq!(err.name(), "InvalidInput");
 }
 
+#[tokio::test]
+async fn a_statement_past_statement_timeout_is_a_timeout_naming_it() {
+    let pg = TestPostgres::start().await;
+    let settings = DbSettings {
+        statement_timeout: std::time::Duration::from_secs(1),
+        ..DbSettings::default()
+    };
+    let client = tripflow::db::connect_with(pg.url(), &settings).await.unwrap();
+    let err = client
+        .query("SELECT pg_sleep(30)", &[])
+        .await
+        .map_err(tripflow::db::classify)
+        .unwrap_err();
+    assert_eq!(err.name(), "Timeout", "{err}");
+    assert!(err.to_string().contains("statement_timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn a_load_killed_during_copy_leaves_the_current_version_and_the_next_load_sweeps_its_table() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 150_000, 61), None).await.unwrap();
+    let mut loader = setup.pg.client().await;
+    let pid: i32 = loader.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let killer = async {
+        let admin = setup.pg.client().await;
+        for _ in 0..2_000 {
+            let copying: bool = admin
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'COPY %')",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if copying {
+                admin
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap();
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        false
+    };
+    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, load_input(&summary)), killer);
+    assert!(killed, "the load's COPY was never seen running");
+    let err = result.unwrap_err();
+    assert_eq!(err.name(), "DatabaseUnavailable", "{err}");
+
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "staging".to_string())]
+    );
+    let orphan = versions::partition_table_name("yellow/2021-03", 2);
+    assert_eq!(
+        rows_in(&client, &orphan).await,
+        0,
+        "the COPY rolled back with its transaction"
+    );
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    assert_eq!(
+        tripflow::db::answers(&client, "yellow/2021-03")
+            .await
+            .unwrap()
+            .avg_speed_mph,
+        summary.avg_speed_mph
+    );
+
+    // The next load finds the dead builder's table (its session lock is gone) and drops it.
+    let mut client = setup.pg.client().await;
+    assert_eq!(
+        load::run(&setup.ctx, &mut client, load_input(&summary))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    assert!(!table_exists(&client, &orphan).await);
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [
+            (1, "previous".to_string()),
+            (2, "failed".to_string()),
+            (3, "current".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_version_still_being_built_by_a_live_load_is_not_swept() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 5_000, 71), None).await.unwrap();
+    // A live builder: a session holding the staging lock of version 2, as stage_version does.
+    let builder = setup.pg.client().await;
+    let table = versions::partition_table_name("yellow/2021-03", 2);
+    builder
+        .batch_execute(&format!(
+            "CREATE TABLE tripflow.{table} (LIKE tripflow.trips INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+             INSERT INTO tripflow.versions (source_id, version, state, partition_table) \
+               VALUES ('yellow/2021-03', 2, 'staging', '{table}'); \
+             SELECT pg_advisory_lock(hashtextextended('tripflow.staging:' || '{table}', 0));"
+        ))
+        .await
+        .unwrap();
+    let mut client = setup.pg.client().await;
+    assert_eq!(
+        load::run(&setup.ctx, &mut client, load_input(&summary))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    assert!(
+        table_exists(&client, &table).await,
+        "a live builder's table is left alone"
+    );
+    drop(builder);
+}
+
 fn load_input(summary: &RunSummary) -> LoadInput {
     LoadInput {
         dataset: "yellow".into(),
