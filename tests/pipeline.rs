@@ -711,6 +711,32 @@ async fn a_version_still_being_built_by_a_live_load_is_not_swept() {
     drop(builder);
 }
 
+#[tokio::test]
+async fn a_database_from_before_migrations_keeps_its_old_rows_aside_and_loads_versions() {
+    let setup = Setup::new().await;
+    let client = setup.pg.client().await;
+    client
+        .batch_execute(include_str!("fixtures/pre_migration_table.sql"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO tripflow.trips (source_id, pickup_at, dropoff_at, duration_s, pickup_date, pickup_week) \
+             VALUES ('yellow/2021-03', '2021-03-01 10:00', '2021-03-01 10:10', 600, '2021-03-01', 9)",
+        )
+        .await
+        .unwrap();
+    let summary = setup.run(&setup.generate("2021-03", 5_000, 81), None).await.unwrap();
+    assert_eq!(summary.load.version, 1);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    let kept: i64 = client
+        .query_one("SELECT count(*) FROM tripflow.trips_unversioned", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the old rows are kept aside, not dropped");
+}
+
 fn load_input(summary: &RunSummary) -> LoadInput {
     LoadInput {
         dataset: "yellow".into(),
