@@ -556,6 +556,64 @@ async fn a_swap_blocked_by_a_long_query_times_out_and_leaves_the_current_version
 }
 
 #[tokio::test]
+async fn a_load_killed_during_its_swap_leaves_the_current_version_whole() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 10_000, 91), None).await.unwrap();
+    // A long query holds the swap inside its transaction (advisory lock taken, waiting for the table).
+    let mut analyst = setup.pg.client().await;
+    let reading = analyst.transaction().await.unwrap();
+    reading.query("SELECT count(*) FROM tripflow.trips", &[]).await.unwrap();
+    let mut loader = setup.pg.client().await;
+    let pid: i32 = loader.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let killer = async {
+        let admin = setup.pg.client().await;
+        for _ in 0..2_000 {
+            let swapping: bool = admin
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                     WHERE pid = $1 AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%')",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if swapping {
+                admin
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap();
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        false
+    };
+    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, load_input(&summary)), killer);
+    assert!(killed, "the swap was never seen waiting for its lock");
+    assert_eq!(result.unwrap_err().name(), "DatabaseUnavailable");
+    reading.rollback().await.unwrap();
+
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "staged".to_string())],
+        "the swap rolled back; the built version waits, unattached"
+    );
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, summary.weekly_top5);
+    let mut client = setup.pg.client().await;
+    assert_eq!(
+        load::run(&setup.ctx, &mut client, load_input(&summary))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[tokio::test]
 async fn a_database_that_accepts_and_never_answers_is_a_timeout() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
