@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tripflow::checksum::Md5Counter;
-use tripflow::config::PipelineConfig;
+use tripflow::config::{DbSettings, PipelineConfig};
 use tripflow::generator::{GenSpec, write_month};
 use tripflow::stages::Verdict;
 use tripflow::stages::clean::{CleanInput, CleanOutput};
@@ -296,6 +296,7 @@ async fn a_database_down_at_init_fails_the_invocation_as_retryable_not_the_init(
         db: DbSource::Url(format!("postgres://tripflow@127.0.0.1:{port}/tripflow")),
         ca_file: None,
         glue: None,
+        db_settings: DbSettings::default(),
     };
     let state = LoadState::from_parts(&world.sdk, env).await.unwrap();
     let input = LoadInput {
@@ -305,6 +306,48 @@ async fn a_database_down_at_init_fails_the_invocation_as_retryable_not_the_init(
     };
     let err = handle_load(&state, input).await.unwrap_err();
     assert_eq!(err.error_type, "DatabaseUnavailable", "{}", err.error_message);
+}
+
+#[tokio::test]
+async fn a_database_that_accepts_and_never_answers_fails_the_load_as_a_timeout() {
+    let world = World::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let env = LoadEnv {
+        stage: StageEnv {
+            bucket: BUCKET.into(),
+            pipeline: PipelineConfig::default(),
+        },
+        db: DbSource::Url(format!("postgres://tripflow@127.0.0.1:{port}/tripflow")),
+        ca_file: None,
+        glue: None,
+        db_settings: DbSettings {
+            connect_timeout: Duration::from_secs(1),
+            ..DbSettings::default()
+        },
+    };
+    let state = LoadState::from_parts(&world.sdk, env).await.unwrap();
+    let input = LoadInput {
+        dataset: "yellow".into(),
+        period: MONTH.parse().unwrap(),
+        manifest_key: "reports/x".into(),
+    };
+    let started = Instant::now();
+    let err = handle_load(&state, input).await.unwrap_err();
+    assert_eq!(err.error_type, "Timeout", "{}", err.error_message);
+    assert!(
+        err.error_message.contains("connecting to PostgreSQL"),
+        "{}",
+        err.error_message
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    silent.abort();
 }
 
 fn curated_columns() -> Vec<String> {
@@ -364,6 +407,7 @@ async fn load_state(world: &World, pg: &TestPostgres, glue: bool) -> LoadState {
         },
         db: DbSource::Url(pg.url().to_string()),
         ca_file: None,
+        db_settings: DbSettings::default(),
         glue: glue.then(|| GlueTable {
             database: "tripflow".into(),
             table: "yellow".into(),

@@ -5,14 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use tripflow::Error;
-use tripflow::config::PipelineConfig;
+use tripflow::config::{DbSettings, PipelineConfig};
+use tripflow::db::{WeeklySlowPickup, versions};
+use tripflow::pipeline::RunSummary;
 use tripflow::stages::load;
 use tripflow::stages::load::LoadInput;
 use tripflow_tests::data::shared_file;
 use tripflow_tests::expected::expected_from_file;
 use tripflow_tests::local::Setup;
+use tripflow_tests::pg::TestPostgres;
 
 #[tokio::test]
 async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answers() {
@@ -116,6 +120,591 @@ async fn rerun_of_same_file_leaves_one_copy_of_each_trip() {
         .get(0);
     assert_eq!(runs, 2);
     assert_eq!(setup.keys("curated/").await.len(), 31);
+}
+
+#[tokio::test]
+async fn rerun_leaves_one_current_version_and_keeps_the_previous_one_detached() {
+    let setup = Setup::new().await;
+    let source = setup.generate("2021-03", 20_000, 5);
+    let first = setup.run(&source, None).await.unwrap();
+    let second = setup.run(&source, None).await.unwrap();
+    assert_eq!((first.load.version, second.load.version), (1, 2));
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "previous".to_string()), (2, "current".to_string())]
+    );
+    let history = versions::history(&client, "yellow/2021-03").await.unwrap();
+    let (v1, v2) = (&history[0].partition_table, &history[1].partition_table);
+    assert!(!is_attached(&client, v1).await, "the previous version is detached");
+    assert!(is_attached(&client, v2).await);
+    assert_eq!(rows_in(&client, v1).await as u64, first.rows_loaded, "and kept whole");
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, first.rows_loaded);
+    assert_eq!(history[1].source_md5.as_deref(), Some(first.md5.as_str()));
+    assert_eq!(history[1].avg_speed_mph, second.avg_speed_mph);
+}
+
+#[tokio::test]
+async fn retention_keeps_the_current_and_two_previous_versions() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 5_000, 8), None).await.unwrap();
+    let mut client = setup.pg.client().await;
+    for _ in 0..3 {
+        load::run(&setup.ctx, &mut client, load_input(&summary)).await.unwrap();
+    }
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [
+            (1, "dropped".to_string()),
+            (2, "previous".to_string()),
+            (3, "previous".to_string()),
+            (4, "current".to_string())
+        ]
+    );
+    let history = versions::history(&client, "yellow/2021-03").await.unwrap();
+    assert!(
+        !table_exists(&client, &history[0].partition_table).await,
+        "v1's table dropped"
+    );
+    assert!(history[0].avg_speed_mph.is_some(), "its answers stay in the history");
+    for kept in &history[1..] {
+        assert!(table_exists(&client, &kept.partition_table).await);
+    }
+    let err = versions::make_current(&mut client, "yellow/2021-03", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "InvalidInput", "{err}");
+}
+
+#[tokio::test]
+async fn restoring_a_previous_version_brings_back_its_rows_and_answers() {
+    let setup = Setup::new().await;
+    let a = setup.run(&setup.generate("2021-03", 12_000, 21), None).await.unwrap();
+    let b = setup.run(&setup.generate("2021-03", 9_000, 22), None).await.unwrap();
+    assert_ne!(a.avg_speed_mph, b.avg_speed_mph);
+    let mut client = setup.pg.client().await;
+    let restored = versions::make_current(&mut client, "yellow/2021-03", 1).await.unwrap();
+    assert_eq!(
+        (restored.previous_version, restored.rows_replaced),
+        (Some(2), b.rows_loaded)
+    );
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, a.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, a.weekly_top5);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, a.rows_loaded);
+    let history = versions::history(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(
+        history.iter().map(|v| (v.version, v.current)).collect::<Vec<_>>(),
+        [(1, true), (2, false)]
+    );
+    // Restoring the current version changes nothing; and back again to B.
+    versions::make_current(&mut client, "yellow/2021-03", 1).await.unwrap();
+    versions::make_current(&mut client, "yellow/2021-03", 2).await.unwrap();
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, b.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, b.weekly_top5);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, b.rows_loaded);
+    let err = versions::make_current(&mut client, "yellow/2021-03", 9)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "InvalidInput");
+}
+
+#[tokio::test]
+async fn the_views_agree_with_the_materialized_answers() {
+    let setup = Setup::new().await;
+    let march = setup.run(&setup.generate("2021-03", 40_000, 31), None).await.unwrap();
+    setup.run(&setup.generate("2021-04", 20_000, 32), None).await.unwrap();
+    let client = setup.pg.client().await;
+    for source_id in ["yellow/2021-03", "yellow/2021-04"] {
+        let materialized = tripflow::db::answers(&client, source_id).await.unwrap();
+        let from_view: f64 = client
+            .query_one(
+                "SELECT avg_speed_mph FROM tripflow.monthly_avg_speed WHERE source_id = $1",
+                &[&source_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let avg = materialized.avg_speed_mph.unwrap();
+        assert!((from_view - avg).abs() < 1e-9 * avg, "{from_view} vs {avg}");
+        let weekly: Vec<WeeklySlowPickup> = client
+            .query(
+                "SELECT week, rank, pu_location_id, slow_trips FROM tripflow.weekly_top5_slow_pickups \
+                 WHERE source_id = $1 ORDER BY week, rank",
+                &[&source_id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| WeeklySlowPickup {
+                week: r.get(0),
+                rank: r.get(1),
+                pu_location_id: r.get(2),
+                slow_trips: r.get(3),
+            })
+            .collect();
+        assert_eq!(weekly, materialized.weekly_top5, "{source_id}");
+    }
+    // query.sql's recomputation agrees too.
+    let statements: Vec<String> = tripflow::db::QUERY_SQL
+        .split(';')
+        .map(|s| s.replace(":'source_id'", "'yellow/2021-03'"))
+        .collect();
+    let weekly_sql = statements.iter().find(|s| s.contains("WITH avg")).unwrap();
+    let from_query_sql: Vec<(i32, i64, i32, i64)> = client
+        .query(weekly_sql.as_str(), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let expected: Vec<(i32, i64, i32, i64)> = march
+        .weekly_top5
+        .iter()
+        .map(|w| (w.week, w.rank, w.pu_location_id, w.slow_trips))
+        .collect();
+    assert_eq!(from_query_sql, expected);
+}
+
+#[tokio::test]
+async fn migrations_applied_twice_are_a_no_op_and_recorded_once() {
+    let pg = TestPostgres::start().await;
+    let (mut a, mut b) = (pg.client().await, pg.client().await);
+    // Two first loads at once: the advisory lock lets exactly one apply each migration.
+    let (ra, rb) = tokio::join!(tripflow::db::migrate(&mut a), tripflow::db::migrate(&mut b));
+    let mut applied = ra.unwrap();
+    applied.extend(rb.unwrap());
+    assert_eq!(applied, [1]);
+    assert!(tripflow::db::migrate(&mut a).await.unwrap().is_empty());
+    let recorded: Vec<(i32, String)> = a
+        .query(
+            "SELECT version, name FROM tripflow.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(recorded, [(1, "versioned_trips".to_string())]);
+    let partitioned: bool = a
+        .query_one(
+            "SELECT relkind = 'p' FROM pg_class WHERE oid = 'tripflow.trips'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(partitioned, "tripflow.trips is partitioned by source");
+}
+
+#[tokio::test]
+async fn loads_of_two_months_beside_a_query_loop_finish_without_deadlock() {
+    let setup = Setup::new().await;
+    let march = setup.run(&setup.generate("2021-03", 30_000, 41), None).await.unwrap();
+    let april = setup.run(&setup.generate("2021-04", 30_000, 42), None).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let queries = {
+        let stop = stop.clone();
+        let client = setup.pg.client().await;
+        async move {
+            let started = std::time::Instant::now();
+            let mut rounds = 0u32;
+            // Bounded: until both loads are done, at most 3 s after they start.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds == 0 {
+                for source_id in ["yellow/2021-03", "yellow/2021-04"] {
+                    tripflow::db::answers(&client, source_id).await?;
+                    client
+                        .query(
+                            "SELECT * FROM tripflow.weekly_top5_slow_pickups WHERE source_id = $1",
+                            &[&source_id],
+                        )
+                        .await
+                        .map_err(tripflow::db::classify)?;
+                    client
+                        .query("SELECT * FROM tripflow.monthly_avg_speed", &[])
+                        .await
+                        .map_err(tripflow::db::classify)?;
+                }
+                rounds += 1;
+                if started.elapsed() > std::time::Duration::from_secs(3) {
+                    break;
+                }
+            }
+            Ok::<u32, Error>(rounds)
+        }
+    };
+    let loads = async {
+        let (mut a, mut b) = (setup.pg.client().await, setup.pg.client().await);
+        let result = tokio::join!(
+            load::run(&setup.ctx, &mut a, load_input(&march)),
+            load::run(&setup.ctx, &mut b, load_input(&april))
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    };
+    let ((ra, rb), rounds) = tokio::join!(loads, queries);
+    assert_eq!(ra.unwrap().version, 2);
+    assert_eq!(rb.unwrap().version, 2);
+    assert!(rounds.unwrap() > 0);
+    let client = setup.pg.client().await;
+    assert_eq!(
+        tripflow::db::answers(&client, "yellow/2021-03")
+            .await
+            .unwrap()
+            .avg_speed_mph,
+        march.avg_speed_mph
+    );
+    assert_eq!(
+        tripflow::db::answers(&client, "yellow/2021-04")
+            .await
+            .unwrap()
+            .weekly_top5,
+        april.weekly_top5
+    );
+}
+
+#[tokio::test]
+async fn a_swap_blocked_by_a_long_query_times_out_and_leaves_the_current_version() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 10_000, 51), None).await.unwrap();
+    // An analyst's long query: holds tripflow.trips in share mode until it ends.
+    let mut analyst = setup.pg.client().await;
+    let reading = analyst.transaction().await.unwrap();
+    reading.query("SELECT count(*) FROM tripflow.trips", &[]).await.unwrap();
+
+    let settings = DbSettings {
+        lock_timeout: std::time::Duration::from_secs(1),
+        ..DbSettings::default()
+    };
+    let mut client = tripflow::db::connect_with(setup.pg.url(), &settings).await.unwrap();
+    let err = load::run(&setup.ctx, &mut client, load_input(&summary))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "Timeout", "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("lock"), "{err}");
+    reading.rollback().await.unwrap();
+
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "failed".to_string())]
+    );
+    assert!(!table_exists(&client, &versions::partition_table_name("yellow/2021-03", 2)).await);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+    // Once the query is done, the same load goes through.
+    let mut client = setup.pg.client().await;
+    assert_eq!(
+        load::run(&setup.ctx, &mut client, load_input(&summary))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_load_killed_during_its_swap_leaves_the_current_version_whole() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 10_000, 91), None).await.unwrap();
+    // A long query holds the swap inside its transaction (advisory lock taken, waiting for the table).
+    let mut analyst = setup.pg.client().await;
+    let reading = analyst.transaction().await.unwrap();
+    reading.query("SELECT count(*) FROM tripflow.trips", &[]).await.unwrap();
+    let mut loader = setup.pg.client().await;
+    let pid: i32 = loader.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let killer = async {
+        let admin = setup.pg.client().await;
+        for _ in 0..2_000 {
+            let swapping: bool = admin
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                     WHERE pid = $1 AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%')",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if swapping {
+                admin
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap();
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        false
+    };
+    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, load_input(&summary)), killer);
+    assert!(killed, "the swap was never seen waiting for its lock");
+    assert_eq!(result.unwrap_err().name(), "DatabaseUnavailable");
+    reading.rollback().await.unwrap();
+
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "staged".to_string())],
+        "the swap rolled back; the built version waits, unattached"
+    );
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, summary.weekly_top5);
+    let mut client = setup.pg.client().await;
+    assert_eq!(
+        load::run(&setup.ctx, &mut client, load_input(&summary))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_database_that_accepts_and_never_answers_is_a_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept and hold every connection without a byte in reply.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let settings = DbSettings {
+        connect_timeout: std::time::Duration::from_secs(1),
+        ..DbSettings::default()
+    };
+    let started = std::time::Instant::now();
+    let err = tripflow::db::connect_with(&format!("postgres://tripflow@127.0.0.1:{port}/tripflow"), &settings)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "gave up in time"
+    );
+    assert!(
+        matches!(&err, Error::Timeout { after_s, what } if *after_s == 1.0 && what.contains(&format!("127.0.0.1:{port}"))),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+    silent.abort();
+    let err = tripflow::db::connect_with("postgres://u@host:port/db", &settings)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "InvalidInput");
+}
+
+#[tokio::test]
+async fn a_statement_past_statement_timeout_is_a_timeout_naming_it() {
+    let pg = TestPostgres::start().await;
+    let settings = DbSettings {
+        statement_timeout: std::time::Duration::from_secs(1),
+        ..DbSettings::default()
+    };
+    let client = tripflow::db::connect_with(pg.url(), &settings).await.unwrap();
+    let err = client
+        .query("SELECT pg_sleep(30)", &[])
+        .await
+        .map_err(tripflow::db::classify)
+        .unwrap_err();
+    assert_eq!(err.name(), "Timeout", "{err}");
+    assert!(err.to_string().contains("statement_timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn a_load_killed_during_copy_leaves_the_current_version_and_the_next_load_sweeps_its_table() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 150_000, 61), None).await.unwrap();
+    let mut loader = setup.pg.client().await;
+    let pid: i32 = loader.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let killer = async {
+        let admin = setup.pg.client().await;
+        for _ in 0..2_000 {
+            let copying: bool = admin
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'COPY %')",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if copying {
+                admin
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap();
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        false
+    };
+    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, load_input(&summary)), killer);
+    assert!(killed, "the load's COPY was never seen running");
+    let err = result.unwrap_err();
+    assert_eq!(err.name(), "DatabaseUnavailable", "{err}");
+
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "staging".to_string())]
+    );
+    let orphan = versions::partition_table_name("yellow/2021-03", 2);
+    assert_eq!(
+        rows_in(&client, &orphan).await,
+        0,
+        "the COPY rolled back with its transaction"
+    );
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    assert_eq!(
+        tripflow::db::answers(&client, "yellow/2021-03")
+            .await
+            .unwrap()
+            .avg_speed_mph,
+        summary.avg_speed_mph
+    );
+
+    // The next load finds the dead builder's table (its session lock is gone) and drops it.
+    let mut client = setup.pg.client().await;
+    assert_eq!(
+        load::run(&setup.ctx, &mut client, load_input(&summary))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    assert!(!table_exists(&client, &orphan).await);
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [
+            (1, "previous".to_string()),
+            (2, "failed".to_string()),
+            (3, "current".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_version_still_being_built_by_a_live_load_is_not_swept() {
+    let setup = Setup::new().await;
+    let summary = setup.run(&setup.generate("2021-03", 5_000, 71), None).await.unwrap();
+    // A live builder: a session holding the staging lock of version 2, as stage_version does.
+    let builder = setup.pg.client().await;
+    let table = versions::partition_table_name("yellow/2021-03", 2);
+    builder
+        .batch_execute(&format!(
+            "CREATE TABLE tripflow.{table} (LIKE tripflow.trips INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+             INSERT INTO tripflow.versions (source_id, version, state, partition_table) \
+               VALUES ('yellow/2021-03', 2, 'staging', '{table}'); \
+             SELECT pg_advisory_lock(hashtextextended('tripflow.staging:' || '{table}', 0));"
+        ))
+        .await
+        .unwrap();
+    let mut client = setup.pg.client().await;
+    assert_eq!(
+        load::run(&setup.ctx, &mut client, load_input(&summary))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    assert!(
+        table_exists(&client, &table).await,
+        "a live builder's table is left alone"
+    );
+    drop(builder);
+}
+
+#[tokio::test]
+async fn a_database_from_before_migrations_keeps_its_old_rows_aside_and_loads_versions() {
+    let setup = Setup::new().await;
+    let client = setup.pg.client().await;
+    client
+        .batch_execute(include_str!("fixtures/pre_migration_table.sql"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO tripflow.trips (source_id, pickup_at, dropoff_at, duration_s, pickup_date, pickup_week) \
+             VALUES ('yellow/2021-03', '2021-03-01 10:00', '2021-03-01 10:10', 600, '2021-03-01', 9)",
+        )
+        .await
+        .unwrap();
+    let summary = setup.run(&setup.generate("2021-03", 5_000, 81), None).await.unwrap();
+    assert_eq!(summary.load.version, 1);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    let kept: i64 = client
+        .query_one("SELECT count(*) FROM tripflow.trips_unversioned", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the old rows are kept aside, not dropped");
+}
+
+fn load_input(summary: &RunSummary) -> LoadInput {
+    LoadInput {
+        dataset: "yellow".into(),
+        period: summary.load.period,
+        manifest_key: summary.transform.manifest_key.clone(),
+    }
+}
+
+/// Every version of a source with its state, in order.
+async fn states(client: &tokio_postgres::Client, source_id: &str) -> Vec<(i32, String)> {
+    client
+        .query(
+            "SELECT version, state FROM tripflow.versions WHERE source_id = $1 ORDER BY version",
+            &[&source_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn table_exists(client: &tokio_postgres::Client, table: &str) -> bool {
+    let name = qualified(table);
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn is_attached(client: &tokio_postgres::Client, table: &str) -> bool {
+    let name = qualified(table);
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits \
+             WHERE inhrelid = to_regclass($1) AND inhparent = 'tripflow.trips'::regclass)",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn rows_in(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {}", qualified(table)), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn qualified(table: &str) -> String {
+    if table.starts_with("tripflow.") {
+        table.to_string()
+    } else {
+        format!("tripflow.{table}")
+    }
 }
 
 #[tokio::test]
@@ -374,4 +963,13 @@ async fn a_count_mismatch_rolls_back_and_keeps_the_previous_load() {
         summary.rows_loaded,
         "previous rows intact"
     );
+    // The previous version stays current with its answers; the refused one left no table.
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "failed".to_string())]
+    );
+    assert!(!table_exists(&client, &versions::partition_table_name("yellow/2021-03", 2)).await);
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, summary.weekly_top5);
 }

@@ -1,7 +1,7 @@
 //! **tripflow-load.** Invoked by the state machine's Load task with `dataset`, `period` and the
 //! transform `manifest_key`. Optionally checks the Glue curated table against the curated schema
-//! (`SchemaDrift`), then loads the curated rows into PostgreSQL in one transaction that replaces the
-//! source's previous rows, and returns the loaded and replaced counts. The connection (from
+//! (`SchemaDrift`), then loads the curated rows into PostgreSQL as a new version of the source and
+//! swaps it in (the previous version kept, detached), and returns the loaded and replaced counts. The connection (from
 //! `DATABASE_URL` or the Secrets Manager secret) is opened at init and reopened when it was closed.
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};

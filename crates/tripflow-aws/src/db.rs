@@ -16,14 +16,12 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
+use tripflow::config::DbSettings;
 use tripflow::error::{Error, Result};
 
 use crate::env::{ConfigError, DEFAULT_DB_NAME, DEFAULT_DB_PORT, DbSource, ENV_DB_CA_FILE, SslMode};
 use crate::sdk_error::{self, Class};
 
-/// How long a connection attempt may take before it counts as `DatabaseUnavailable`; well inside a
-/// Lambda timeout, long enough for an Aurora Serverless cluster to resume.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long init waits for the first connection. Lambda gives init 10 s in all; a database that
 /// takes longer (a paused Aurora Serverless cluster resuming) is connected on first use instead.
 const INIT_CONNECT_BUDGET: Duration = Duration::from_secs(4);
@@ -34,6 +32,8 @@ pub struct Database {
     secrets: Option<aws_sdk_secretsmanager::Client>,
     /// Built once at init (the CA file is read then, so a bad one fails init).
     tls: MakeRustlsConnect,
+    /// Connect, statement and lock timeouts, the same as `tripflow run` uses.
+    settings: DbSettings,
     client: Mutex<Option<Client>>,
 }
 
@@ -169,6 +169,16 @@ impl Database {
         ca_file: Option<&Path>,
         sdk: Option<&aws_config::SdkConfig>,
     ) -> Result<Self, ConfigError> {
+        Self::open_with(source, ca_file, sdk, DbSettings::default()).await
+    }
+
+    /// [`Database::open`] with explicit timeouts (`TRIPFLOW_DB_*_TIMEOUT_S`, read at init).
+    pub async fn open_with(
+        source: DbSource,
+        ca_file: Option<&Path>,
+        sdk: Option<&aws_config::SdkConfig>,
+        settings: DbSettings,
+    ) -> Result<Self, ConfigError> {
         let secrets = match (&source, sdk) {
             (DbSource::Secret { .. }, Some(sdk)) => Some(aws_sdk_secretsmanager::Client::new(sdk)),
             (DbSource::Secret { .. }, None) => {
@@ -182,6 +192,7 @@ impl Database {
             source,
             secrets,
             tls: tls_connector(ca_file)?,
+            settings,
             client: Mutex::new(None),
         };
         match tokio::time::timeout(INIT_CONNECT_BUDGET, database.connect()).await {
@@ -208,7 +219,7 @@ impl Database {
 
     async fn config(&self) -> Result<Config> {
         let mut config = match &self.source {
-            DbSource::Url(url) => url.parse::<Config>().map_err(|e| Error::DatabaseError(e.to_string()))?,
+            DbSource::Url(url) => tripflow::db::parse_url(url)?,
             DbSource::Secret {
                 arn,
                 host,
@@ -220,9 +231,7 @@ impl Database {
                 secret_config(&creds, host.as_deref(), *port, dbname.as_deref(), *sslmode)?
             }
         };
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
+        tripflow::db::apply_connect_options(&mut config);
         // So operators can tell the function's sessions apart in pg_stat_activity.
         if config.get_application_name().is_none() {
             config.application_name("tripflow-load");
@@ -249,7 +258,20 @@ impl Database {
 
     async fn connect(&self) -> Result<Client> {
         let config = self.config().await?;
-        let hosts = format!("{:?}", config.get_hosts());
+        let target = tripflow::db::describe_target(&config);
+        // The whole of it, TLS and the startup handshake included, within the connect timeout: a
+        // server that accepts and never answers is a `Timeout`, not a hang until the Lambda's end.
+        let client =
+            tripflow::db::within_connect_timeout(&self.settings, &target, self.connect_and_configure(&config)).await?;
+        info!(
+            target,
+            tls = config.get_ssl_mode() == tokio_postgres::config::SslMode::Require,
+            "database connected"
+        );
+        Ok(client)
+    }
+
+    async fn connect_and_configure(&self, config: &Config) -> Result<Client> {
         // `Prefer` goes without TLS: a verifying rustls handshake against a server with a private
         // certificate would fail where libpq's `prefer` quietly succeeds.
         let client = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
@@ -269,11 +291,7 @@ impl Database {
             });
             client
         };
-        info!(
-            hosts,
-            tls = config.get_ssl_mode() == tokio_postgres::config::SslMode::Require,
-            "database connected"
-        );
+        tripflow::db::configure_session(&client, &self.settings).await?;
         Ok(client)
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use tripflow::config::{ENV_DATABASE_URL, PipelineConfig};
+use tripflow::config::{DbSettings, ENV_DATABASE_URL, PipelineConfig};
 
 /// The bucket holding every zone (`landing/`, `raw/`, `clean/`, `curated/`, `reports/`). Required by
 /// the four stage functions; optional for the trigger, which then ignores other buckets' events.
@@ -198,6 +198,8 @@ pub struct LoadEnv {
     pub db: DbSource,
     pub ca_file: Option<PathBuf>,
     pub glue: Option<GlueTable>,
+    /// Connect, statement and lock timeouts (`TRIPFLOW_DB_*_TIMEOUT_S`).
+    pub db_settings: DbSettings,
 }
 
 impl LoadEnv {
@@ -265,6 +267,7 @@ impl LoadEnv {
             }
         };
         let ca_file = get(lookup, ENV_DB_CA_FILE).map(PathBuf::from);
+        let db_settings = DbSettings::from_lookup(|name| get(lookup, name))?;
         let glue = match (get(lookup, ENV_GLUE_DATABASE), get(lookup, ENV_GLUE_CURATED_TABLE)) {
             (Some(database), Some(table)) => Some(GlueTable { database, table }),
             (None, None) => None,
@@ -286,6 +289,7 @@ impl LoadEnv {
             db,
             ca_file,
             glue,
+            db_settings,
         })
     }
 }

@@ -122,7 +122,7 @@ impl LoadState {
     }
 
     pub async fn from_parts(sdk: &aws_config::SdkConfig, env: LoadEnv) -> Result<Self, ConfigError> {
-        let db = Database::open(env.db, env.ca_file.as_deref(), Some(sdk)).await?;
+        let db = Database::open_with(env.db, env.ca_file.as_deref(), Some(sdk), env.db_settings).await?;
         let catalog = env
             .glue
             .map(|table| CatalogCheck::new(aws_sdk_glue::Client::new(sdk), table));

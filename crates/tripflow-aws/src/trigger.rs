@@ -499,7 +499,8 @@ mod tests {
         let value: Value = serde_json::from_str(&input).unwrap();
         assert_eq!(
             value,
-            serde_json::json!({"source": "s3://tripflow-data/landing/yellow_tripdata_2021-03.parquet", "expected_md5": null, "period": null})
+            serde_json::json!({"source": "s3://tripflow-data/landing/yellow_tripdata_2021-03.parquet", "expected_md5": null,
+                "period": null, "allow_shrink": false})
         );
     }
 

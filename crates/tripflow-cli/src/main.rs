@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use tripflow::config::{ENV_DATABASE_URL, PipelineConfig};
+use tripflow::config::{DbSettings, ENV_DATABASE_URL, PipelineConfig};
 use tripflow::db::{self, Answers, local::LocalPostgres};
 use tripflow::generator::{GenSpec, write_month};
 use tripflow::period::Period;
@@ -298,7 +298,7 @@ async fn database(place: &Place) -> Result<tokio_postgres::Client> {
             cluster.ensure_database(db::local::DATABASE).await?
         }
     };
-    db::connect(&url).await
+    db::connect_with(&url, &DbSettings::from_env()?).await
 }
 
 async fn run(place: &Place, config: PipelineConfig, input: IngestInput) -> Result<RunSummary> {

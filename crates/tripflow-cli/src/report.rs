@@ -59,9 +59,10 @@ pub fn summary_text(s: &RunSummary) -> String {
     );
     let _ = writeln!(
         out,
-        "  loaded      {} rows into {} (replaced {})",
+        "  loaded      {} rows into {} as version {} (replaced {}, kept detached)",
         thousands(s.rows_loaded),
         s.load.table,
+        s.load.version,
         thousands(s.load.rows_replaced)
     );
     let _ = writeln!(

@@ -1,6 +1,8 @@
 //! The pipeline's settings, read once at start-up. Every environment variable is a documented const;
 //! a malformed value fails at start-up naming the variable, never later inside a stage.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -20,6 +22,13 @@ pub const ENV_MAX_SPEED_MPH: &str = "TRIPFLOW_MAX_SPEED_MPH";
 pub const ENV_MIN_KEPT_SHARE: &str = "TRIPFLOW_MIN_KEPT_SHARE";
 /// PostgreSQL connection URL (`postgres://user:pass@host:5432/db?sslmode=require`).
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
+/// Seconds PostgreSQL lets one statement run (`statement_timeout`) before cancelling it as `Timeout`.
+pub const ENV_DB_STATEMENT_TIMEOUT_S: &str = "TRIPFLOW_DB_STATEMENT_TIMEOUT_S";
+/// Seconds a statement may wait for a lock (`lock_timeout`): the swap's table lock, a source's
+/// advisory lock. Past it the load fails `Timeout` with nothing changed.
+pub const ENV_DB_LOCK_TIMEOUT_S: &str = "TRIPFLOW_DB_LOCK_TIMEOUT_S";
+/// Seconds connecting may take in all: TCP, TLS and the startup handshake, and the session settings.
+pub const ENV_DB_CONNECT_TIMEOUT_S: &str = "TRIPFLOW_DB_CONNECT_TIMEOUT_S";
 
 pub const DEFAULT_MAX_REJECTED_RATIO: f64 = 0.05;
 /// The source system swaps these two zones (known defect); transform swaps them back.
@@ -30,6 +39,12 @@ pub const DEFAULT_MAX_SPEED_MPH: f64 = 100.0;
 pub const DEFAULT_MIN_KEPT_SHARE: f64 = 0.5;
 /// Rows per written row group: large enough for good compression, small enough for a Lambda.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
+/// A full month's COPY, index build and ANALYZE take seconds; a quarter of an hour is a hung statement.
+pub const DEFAULT_DB_STATEMENT_TIMEOUT_S: f64 = 900.0;
+/// The swap waits this long for running queries to let go of `tripflow.trips`.
+pub const DEFAULT_DB_LOCK_TIMEOUT_S: f64 = 30.0;
+/// Long enough for a paused Aurora Serverless cluster to resume, well inside a Lambda timeout.
+pub const DEFAULT_DB_CONNECT_TIMEOUT_S: f64 = 20.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelineConfig {
@@ -117,6 +132,56 @@ fn parse_positive(name: &str, raw: &str) -> Result<f64> {
         .ok()
         .filter(|v| v.is_finite() && *v > 0.0)
         .ok_or_else(|| Error::InvalidInput(format!("{name}={raw:?}: expected a positive number")))
+}
+
+/// How long the database may keep us waiting. Every session gets these (see `db::connect`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DbSettings {
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+}
+
+impl Default for DbSettings {
+    fn default() -> Self {
+        DbSettings {
+            connect_timeout: Duration::from_secs_f64(DEFAULT_DB_CONNECT_TIMEOUT_S),
+            statement_timeout: Duration::from_secs_f64(DEFAULT_DB_STATEMENT_TIMEOUT_S),
+            lock_timeout: Duration::from_secs_f64(DEFAULT_DB_LOCK_TIMEOUT_S),
+        }
+    }
+}
+
+impl DbSettings {
+    /// Reads the `TRIPFLOW_DB_*_TIMEOUT_S` variables; unset ones keep their defaults.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let seconds = |name: &str, default: Duration| -> Result<Duration> {
+            match lookup(name).filter(|raw| !raw.trim().is_empty()) {
+                None => Ok(default),
+                Some(raw) => raw
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "{name}={raw:?}: expected a number of seconds above 0 and at most 86400"
+                        ))
+                    }),
+            }
+        };
+        let defaults = DbSettings::default();
+        Ok(DbSettings {
+            connect_timeout: seconds(ENV_DB_CONNECT_TIMEOUT_S, defaults.connect_timeout)?,
+            statement_timeout: seconds(ENV_DB_STATEMENT_TIMEOUT_S, defaults.statement_timeout)?,
+            lock_timeout: seconds(ENV_DB_LOCK_TIMEOUT_S, defaults.lock_timeout)?,
+        })
+    }
 }
 
 pub fn parse_ratio(raw: &str) -> Option<f64> {
@@ -227,5 +292,20 @@ mod tests {
         assert!("1:2,2:3".parse::<LocationSwaps>().is_err());
         assert_eq!("".parse::<LocationSwaps>().unwrap(), LocationSwaps::none());
         assert_eq!(String::from("1:2, 3:4".parse::<LocationSwaps>().unwrap()), "1:2,3:4");
+    }
+
+    #[test]
+    fn database_timeouts_default_and_refuse_nonsense_naming_the_variable() {
+        let defaults = DbSettings::from_lookup(|_| None).unwrap();
+        assert_eq!(defaults.statement_timeout, Duration::from_secs(900));
+        assert_eq!(defaults.lock_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.connect_timeout, Duration::from_secs(20));
+        let quick = DbSettings::from_lookup(|n| (n == ENV_DB_LOCK_TIMEOUT_S).then(|| "1.5".into())).unwrap();
+        assert_eq!(quick.lock_timeout, Duration::from_millis(1500));
+        for bad in ["0", "-1", "soon", "NaN", "1e9"] {
+            let err = DbSettings::from_lookup(|n| (n == ENV_DB_CONNECT_TIMEOUT_S).then(|| bad.into())).unwrap_err();
+            assert_eq!(err.name(), "InvalidInput");
+            assert!(err.to_string().contains(ENV_DB_CONNECT_TIMEOUT_S), "{err}");
+        }
     }
 }

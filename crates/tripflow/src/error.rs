@@ -105,6 +105,11 @@ pub enum Error {
     /// PostgreSQL refused a statement (constraint, permission, SQL error). Not retryable.
     #[error("database error: {0}")]
     DatabaseError(String),
+
+    /// A wait ran out of time: `what` says what was waited for (connecting to the database, a
+    /// statement, a lock). Retryable: the next attempt may find the server or the lock free.
+    #[error("timed out after {after_s} s {what}")]
+    Timeout { what: String, after_s: f64 },
 }
 
 /// What drifted: the column and what was found instead.
@@ -141,6 +146,7 @@ impl Error {
             Error::DatabaseUnavailable(_) => "DatabaseUnavailable",
             Error::DatabaseError(_) => "DatabaseError",
             Error::Interrupted { .. } => "Interrupted",
+            Error::Timeout { .. } => "Timeout",
         }
     }
 
@@ -184,9 +190,15 @@ pub const ERROR_NAMES: &[&str] = &[
     "DatabaseUnavailable",
     "DatabaseError",
     "Interrupted",
+    "Timeout",
 ];
 
 /// The names of the errors a retry may cure: the state machine's `Retry` lists exactly these.
-pub const RETRYABLE_ERROR_NAMES: &[&str] = &["StorageUnavailable", "SourceUnavailable", "DatabaseUnavailable"];
+pub const RETRYABLE_ERROR_NAMES: &[&str] = &[
+    "StorageUnavailable",
+    "SourceUnavailable",
+    "DatabaseUnavailable",
+    "Timeout",
+];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

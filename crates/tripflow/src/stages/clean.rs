@@ -74,6 +74,9 @@ pub struct CleanOutput {
     pub rows_rejected: RejectCounts,
     pub rejected_ratio: f64,
     pub max_rejected_ratio: f64,
+    /// The MD5 of the source this version came from (ingest's), carried to the version history.
+    #[serde(default)]
+    pub source_md5: String,
 }
 
 /// Why a row was rejected. The rules are tried in this order and the first that matches names the
@@ -454,6 +457,7 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         rows_rejected: counts,
         rejected_ratio,
         max_rejected_ratio,
+        source_md5: manifest.output.md5.clone(),
     };
     if verdict != Verdict::Ok {
         // A refused file changes nothing readers see: the current clean and quarantine objects and

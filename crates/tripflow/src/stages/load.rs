@@ -1,24 +1,26 @@
 //! **load.** Puts the curated rows of one source into PostgreSQL (Aurora in AWS, a local cluster for
-//! `tripflow run`). Checks every curated object against the transform manifest, applies `table.sql`,
-//! then in one transaction: takes an advisory lock on the source (two loads of it serialise), deletes
-//! the source's previous rows, binary-`COPY`s the new ones, compares the table's count with the
-//! curated count (`LoadCountMismatch` and rollback on disagreement), records the run, commits. Readers
-//! see the old set or the new one, never both, never none; a rerun leaves exactly one copy.
+//! `tripflow run`) as a new version, never deleting the old one. Checks every curated object against
+//! the transform manifest, applies pending schema migrations, builds the new version as its own table
+//! (binary COPY, count check against the curated count, indexes, `ANALYZE`, answers; see
+//! [`crate::db::versions`]), then swaps it into `tripflow.trips` in one short transaction. A
+//! `LoadCountMismatch`, a timeout or any other failure before the swap leaves the current version as
+//! it was; readers see the old version or the new one, never both, never none.
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
-use futures::{TryStreamExt, pin_mut};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tracing::info;
 
 use super::StageContext;
 use super::Verdict;
 use super::transform::{self, DURATION_S, PICKUP_WEEK, SPEED_MPH, TransformOutput};
 use crate::contract::col;
+use crate::db::versions::{self, StageRequest, TripRows};
 use crate::db::{self, TRIPS_TABLE, classify};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -44,32 +46,13 @@ pub struct LoadOutput {
     pub source_id: String,
     pub rows_curated: u64,
     pub rows_loaded: u64,
-    /// Rows of the same source that the load replaced (0 on a first load).
+    /// Rows of the version this load replaced (0 on a first load); that version is kept, detached.
     pub rows_replaced: u64,
     pub table: String,
+    /// The version this load made current (absent in outputs of loads before versions existed).
+    #[serde(default)]
+    pub version: i32,
 }
-
-const COLUMNS: &[(&str, Type)] = &[
-    ("source_id", Type::TEXT),
-    (col::VENDOR_ID, Type::INT4),
-    (col::PICKUP_AT, Type::TIMESTAMP),
-    (col::DROPOFF_AT, Type::TIMESTAMP),
-    (col::PASSENGER_COUNT, Type::INT4),
-    (col::TRIP_DISTANCE, Type::FLOAT8),
-    (col::RATECODE_ID, Type::INT4),
-    (col::PU_LOCATION_ID, Type::INT4),
-    (col::DO_LOCATION_ID, Type::INT4),
-    (col::PAYMENT_TYPE, Type::INT4),
-    (col::FARE_AMOUNT, Type::FLOAT8),
-    (col::TIP_AMOUNT, Type::FLOAT8),
-    (col::TOTAL_AMOUNT, Type::FLOAT8),
-    (col::CONGESTION_SURCHARGE, Type::FLOAT8),
-    (col::AIRPORT_FEE, Type::FLOAT8),
-    (DURATION_S, Type::FLOAT8),
-    (SPEED_MPH, Type::FLOAT8),
-    (transform::PICKUP_DATE, Type::DATE),
-    (PICKUP_WEEK, Type::INT4),
-];
 
 /// One row's values in COPY column order.
 struct Row {
@@ -184,8 +167,32 @@ pub fn partition_date(key: &str) -> Result<NaiveDate> {
         })
 }
 
+/// The curated objects of a manifest, streamed into a new version's COPY.
+struct CuratedRows<'a> {
+    ctx: &'a StageContext,
+    manifest: &'a Manifest<TransformOutput>,
+    source_id: &'a str,
+}
+
+#[async_trait::async_trait]
+impl TripRows for CuratedRows<'_> {
+    async fn copy_into(&mut self, mut writer: std::pin::Pin<&mut BinaryCopyInWriter>) -> Result<()> {
+        for entry in &self.manifest.objects {
+            let date = partition_date(&entry.object.key)?;
+            let (_, mut stream) = open_stream(&self.ctx.store, &entry.object.key, None).await?;
+            while let Some(batch) = stream
+                .try_next()
+                .await
+                .map_err(|e| decode_error(&entry.object.key, e))?
+            {
+                copy_batch(writer.as_mut(), &batch, self.source_id, date).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> Result<LoadOutput> {
-    let started_at = chrono::Utc::now();
     let layout = Layout::new(input.dataset.clone(), input.period);
     let source_id = layout.source_id();
     let store = &ctx.store;
@@ -195,87 +202,48 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     let manifest_md5 = md5_of(store.as_ref(), &input.manifest_key).await?.md5;
     let rows_curated = manifest.output.rows_curated;
 
-    db::apply_schema(client).await?;
-    let tx = client.transaction().await.map_err(classify)?;
-    // hashtextextended gives a 64-bit key per source: loads of the same source queue here.
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&source_id])
-        .await
-        .map_err(classify)?;
-    let rows_replaced = tx
-        .execute(
-            &format!("DELETE FROM {TRIPS_TABLE} WHERE source_id = $1"),
-            &[&source_id],
-        )
-        .await
-        .map_err(classify)?;
-
-    let column_list = COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
-    let sink = tx
-        .copy_in(&format!("COPY {TRIPS_TABLE} ({column_list}) FROM STDIN BINARY"))
-        .await
-        .map_err(classify)?;
-    let types: Vec<Type> = COLUMNS.iter().map(|(_, t)| t.clone()).collect();
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
-    for entry in &manifest.objects {
-        let date = partition_date(&entry.object.key)?;
-        let (_, mut stream) = open_stream(store, &entry.object.key, None).await?;
-        while let Some(batch) = stream
-            .try_next()
-            .await
-            .map_err(|e| decode_error(&entry.object.key, e))?
-        {
-            copy_batch(writer.as_mut(), &batch, &source_id, date).await?;
+    db::migrate(client).await?;
+    let request = StageRequest {
+        source_id: source_id.clone(),
+        expected_rows: rows_curated,
+        // Recorded by ingest and carried through the clean and transform manifests.
+        source_md5: Some(manifest.output.source_md5.clone()).filter(|md5| !md5.is_empty()),
+        manifest_key: Some(input.manifest_key.clone()),
+        manifest_md5: Some(manifest_md5),
+    };
+    let mut rows = CuratedRows {
+        ctx,
+        manifest: &manifest,
+        source_id: &source_id,
+    };
+    let staged = versions::stage_version(client, &request, &mut rows).await?;
+    let swapped = match versions::swap_in(client, &staged).await {
+        Ok(swapped) => swapped,
+        Err(err) => {
+            // Not swapped in: the current version is untouched; drop the staged one.
+            versions::discard(client, &staged).await;
+            return Err(err);
         }
-    }
-    let copied = writer.finish().await.map_err(classify)?;
-
-    let loaded: i64 = tx
-        .query_one(
-            &format!("SELECT count(*) FROM {TRIPS_TABLE} WHERE source_id = $1"),
-            &[&source_id],
-        )
-        .await
-        .map_err(classify)?
-        .get(0);
-    let rows_loaded = u64::try_from(loaded).unwrap_or(0);
-    if rows_loaded != rows_curated {
-        // Dropping the transaction rolls it back: the previous rows stay as they were.
-        tx.rollback().await.map_err(classify)?;
-        return Err(Error::LoadCountMismatch {
-            source_id,
-            expected: rows_curated,
-            loaded: rows_loaded,
-        });
-    }
-    tx.execute(
-        "INSERT INTO tripflow.load_runs (source_id, manifest_key, manifest_md5, rows_curated, rows_loaded, rows_replaced, started_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &source_id,
-            &input.manifest_key,
-            &manifest_md5,
-            &(rows_curated as i64),
-            &loaded,
-            &(rows_replaced as i64),
-            &started_at,
-        ],
-    )
-    .await
-    .map_err(classify)?;
-    tx.commit().await.map_err(classify)?;
-    info!(%source_id, rows_loaded, rows_replaced, copied, "load done");
+    };
+    info!(
+        %source_id,
+        version = swapped.version,
+        rows_loaded = staged.rows_loaded,
+        rows_replaced = swapped.rows_replaced,
+        "load done"
+    );
     let output = LoadOutput {
         verdict: Verdict::Ok,
         dataset: input.dataset,
         period: input.period,
         source_id,
         rows_curated,
-        rows_loaded,
-        rows_replaced,
+        rows_loaded: staged.rows_loaded,
+        rows_replaced: swapped.rows_replaced,
         table: TRIPS_TABLE.to_string(),
+        version: swapped.version,
     };
-    // Committed already: a failure here is retried, and the retry replaces the rows again, harmlessly.
+    // Committed already: a failure here is retried, and the retry swaps in another identical version.
     put_json(store.as_ref(), &layout.report_key(STAGE), &output).await?;
     Ok(output)
 }
@@ -295,12 +263,18 @@ mod tests {
     }
 
     #[test]
-    fn copy_columns_match_the_schema_file() {
-        for (name, _) in COLUMNS {
+    fn copy_columns_are_the_curated_columns_in_table_order() {
+        let curated: Vec<String> = transform::curated_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        for (name, _) in versions::TRIP_COLUMNS {
             assert!(
-                db::SCHEMA_SQL.contains(&format!("    {name} ")),
-                "{name} missing from table.sql"
+                *name == "source_id" || *name == transform::PICKUP_DATE || curated.iter().any(|c| c == name),
+                "{name} is not a curated column"
             );
         }
+        assert_eq!(versions::TRIP_COLUMNS.len(), curated.len() + 2);
     }
 }

@@ -55,6 +55,9 @@ pub struct TransformOutput {
     pub partitions: usize,
     /// Pickup plus dropoff IDs changed by the swap.
     pub location_ids_swapped: u64,
+    /// The MD5 of the source this version came from, for the version history.
+    #[serde(default)]
+    pub source_md5: String,
 }
 
 static CURATED: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -276,6 +279,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         rows_curated,
         partitions: objects.len(),
         location_ids_swapped: swapped,
+        source_md5: manifest.output.source_md5.clone(),
     };
     Manifest::new(STAGE, layout.source_id(), objects, output.clone())
         .write(store.as_ref(), &output.manifest_key)

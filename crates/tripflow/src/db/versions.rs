@@ -1,0 +1,768 @@
+//! Versions of a source's rows. A load never deletes: it builds the new version as a table of its own
+//! ([`stage_version`]: binary COPY without indexes, the count check, a `CHECK (source_id = …)` so
+//! ATTACH needs no validation scan, the parent's indexes, `ANALYZE`, the answers computed from that
+//! one table), then swaps it in ([`swap_in`]): one short transaction under the source's advisory
+//! lock that locks `tripflow.trips` first (one lock order for every swap, so swaps of different
+//! months and analysts' queries cannot deadlock), detaches the current version, attaches the new one
+//! and writes its answers. The detached table is kept for [`make_current`]; retention keeps the
+//! current version plus the [`KEEP_PREVIOUS`] most recent previous ones and drops older tables after
+//! the swap commits.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, GenericClient, Transaction};
+use tracing::{info, warn};
+
+use super::{TRIPS_TABLE, WeeklySlowPickup, classify, weekly_row};
+use crate::checksum::Md5Counter;
+use crate::error::{Error, Result};
+
+/// Previous versions kept per source besides the current one.
+pub const KEEP_PREVIOUS: i64 = 2;
+/// A staged version nobody swapped in within this long is abandoned; the next load of the source
+/// drops it.
+const STAGED_EXPIRY: &str = "1 day";
+
+/// The columns of `tripflow.trips`, in the order a binary COPY sends them, with their wire types.
+pub const TRIP_COLUMNS: &[(&str, Type)] = &[
+    ("source_id", Type::TEXT),
+    ("vendor_id", Type::INT4),
+    ("pickup_at", Type::TIMESTAMP),
+    ("dropoff_at", Type::TIMESTAMP),
+    ("passenger_count", Type::INT4),
+    ("trip_distance", Type::FLOAT8),
+    ("ratecode_id", Type::INT4),
+    ("pu_location_id", Type::INT4),
+    ("do_location_id", Type::INT4),
+    ("payment_type", Type::INT4),
+    ("fare_amount", Type::FLOAT8),
+    ("tip_amount", Type::FLOAT8),
+    ("total_amount", Type::FLOAT8),
+    ("congestion_surcharge", Type::FLOAT8),
+    ("airport_fee", Type::FLOAT8),
+    ("duration_s", Type::FLOAT8),
+    ("speed_mph", Type::FLOAT8),
+    ("pickup_date", Type::DATE),
+    ("pickup_week", Type::INT4),
+];
+
+/// Whatever feeds a new version its rows: writes every row, in [`TRIP_COLUMNS`] order, into the COPY.
+#[async_trait]
+pub trait TripRows: Send {
+    async fn copy_into(&mut self, writer: Pin<&mut BinaryCopyInWriter>) -> Result<()>;
+}
+
+/// What a new version is built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRequest {
+    pub source_id: String,
+    /// The rows the version must hold; any other count is `LoadCountMismatch` and nothing changes.
+    pub expected_rows: u64,
+    /// The source file's MD5 (from the ingest manifest), for `history`.
+    pub source_md5: Option<String>,
+    pub manifest_key: Option<String>,
+    pub manifest_md5: Option<String>,
+}
+
+/// The answers of one version, computed from its own table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionAnswers {
+    pub rows_loaded: i64,
+    pub valid_trips: i64,
+    pub total_distance: Option<f64>,
+    pub total_hours: Option<f64>,
+    pub avg_speed_mph: Option<f64>,
+    pub slow_trips: i64,
+    pub weekly_top5: Vec<WeeklySlowPickup>,
+}
+
+/// A version built and checked, not yet visible to readers. Small enough to pass between steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagedVersion {
+    pub source_id: String,
+    pub version: i32,
+    /// Schema-qualified: `tripflow.trips_p_…_v3`.
+    pub partition_table: String,
+    pub rows_loaded: u64,
+    pub answers: VersionAnswers,
+    pub manifest_key: Option<String>,
+    pub manifest_md5: Option<String>,
+    pub staged_at: DateTime<Utc>,
+}
+
+/// What a swap did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapOutcome {
+    pub version: i32,
+    /// The version detached to make room (kept as a previous version), if there was one.
+    pub previous_version: Option<i32>,
+    /// Rows of the detached version (0 on a first load).
+    pub rows_replaced: u64,
+    /// Previous versions whose tables retention dropped after the swap.
+    pub dropped_versions: Vec<i32>,
+}
+
+/// One line of a source's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub rows_loaded: Option<i64>,
+    pub avg_speed_mph: Option<f64>,
+    pub current: bool,
+    /// `current`, `previous` (restorable) or `dropped` (its table removed by retention).
+    pub state: String,
+    pub source_md5: Option<String>,
+    pub partition_table: String,
+}
+
+/// A string as an SQL literal, for the DDL that cannot take parameters (CHECK, partition bounds).
+fn sql_literal(value: &str) -> Result<String> {
+    if value.contains(['\0', '\\']) {
+        return Err(Error::InvalidInput(format!(
+            "source id {value:?} contains a NUL or a backslash"
+        )));
+    }
+    Ok(format!("'{}'", value.replace('\'', "''")))
+}
+
+/// The table of one version: readable, unique per source (a short hash of the exact source id, so
+/// `yellow/2021-03` and `yellow_2021/03` never share a name) and within PostgreSQL's 63 bytes.
+pub fn partition_table_name(source_id: &str, version: i32) -> String {
+    let mut slug: String = source_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    slug.truncate(24);
+    let mut md5 = Md5Counter::new();
+    md5.update(source_id.as_bytes());
+    let hash = md5.finish_hex();
+    format!("trips_p_{slug}_{}_v{version}", &hash[..8])
+}
+
+fn qualified(table: &str) -> String {
+    format!("tripflow.{table}")
+}
+
+/// The key of the session-level advisory lock a live builder holds on its version while staging.
+fn staging_lock_sql(function: &str, table: &str) -> String {
+    format!(
+        "SELECT {function}(hashtextextended('tripflow.staging:' || {}, 0))",
+        quote_or_empty(table)
+    )
+}
+
+fn quote_or_empty(table: &str) -> String {
+    sql_literal(table).unwrap_or_else(|_| "''".into())
+}
+
+async fn lock_source(tx: &Transaction<'_>, source_id: &str) -> Result<()> {
+    // hashtextextended gives a 64-bit key per source: swaps and allocations of one source queue here.
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&source_id])
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// Drops what earlier loads of this source left behind: versions still `staging` whose builder
+/// session is gone (its advisory lock is free), and `staged` versions never swapped in.
+async fn sweep_abandoned(tx: &Transaction<'_>, source_id: &str) -> Result<()> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT version, partition_table, state FROM tripflow.versions \
+                 WHERE source_id = $1 AND (state = 'staging' \
+                    OR (state = 'staged' AND created_at < now() - interval '{STAGED_EXPIRY}')) \
+                 ORDER BY version"
+            ),
+            &[&source_id],
+        )
+        .await
+        .map_err(classify)?;
+    for row in rows {
+        let (version, table, state): (i32, String, String) = (row.get(0), row.get(1), row.get(2));
+        if state == "staging" {
+            let free: bool = tx
+                .query_one(&staging_lock_sql("pg_try_advisory_lock", &table), &[])
+                .await
+                .map_err(classify)?
+                .get(0);
+            if !free {
+                continue; // a live load is building it
+            }
+            tx.execute(&staging_lock_sql("pg_advisory_unlock", &table), &[])
+                .await
+                .map_err(classify)?;
+        }
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", qualified(&table)))
+            .await
+            .map_err(classify)?;
+        tx.execute(
+            "UPDATE tripflow.versions SET state = 'failed' WHERE source_id = $1 AND version = $2",
+            &[&source_id, &version],
+        )
+        .await
+        .map_err(classify)?;
+        warn!(source_id, version, table, state, "dropped an abandoned version");
+    }
+    Ok(())
+}
+
+/// Numbers the next version, creates its empty table and marks it `staging`, holding a session
+/// advisory lock on it so no other load mistakes it for abandoned.
+async fn allocate(client: &mut Client, request: &StageRequest) -> Result<(i32, String)> {
+    let source_id = request.source_id.as_str();
+    sql_literal(source_id)?;
+    let tx = client.transaction().await.map_err(classify)?;
+    lock_source(&tx, source_id).await?;
+    sweep_abandoned(&tx, source_id).await?;
+    let version: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) + 1 FROM tripflow.versions WHERE source_id = $1",
+            &[&source_id],
+        )
+        .await
+        .map_err(classify)?
+        .get(0);
+    let table = partition_table_name(source_id, version);
+    // LIKE copies the columns, NOT NULLs and CHECKs ATTACH requires; done here, in a short
+    // transaction, because it holds a share lock on tripflow.trips until commit.
+    tx.batch_execute(&format!(
+        "CREATE TABLE {} (LIKE {TRIPS_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
+        qualified(&table)
+    ))
+    .await
+    .map_err(classify)?;
+    tx.execute(
+        "INSERT INTO tripflow.versions (source_id, version, state, partition_table, source_md5, manifest_key, manifest_md5) \
+         VALUES ($1, $2, 'staging', $3, $4, $5, $6)",
+        &[
+            &source_id,
+            &version,
+            &table,
+            &request.source_md5,
+            &request.manifest_key,
+            &request.manifest_md5,
+        ],
+    )
+    .await
+    .map_err(classify)?;
+    tx.execute(&staging_lock_sql("pg_advisory_lock", &table), &[])
+        .await
+        .map_err(classify)?;
+    tx.commit().await.map_err(classify)?;
+    Ok((version, table))
+}
+
+/// Removes a version that will not be swapped in: its table and its staging lock; state `failed`.
+/// Best effort: what it cannot remove, the next load of the source sweeps.
+async fn abandon(client: &Client, source_id: &str, version: i32, table: &str, holds_staging_lock: bool) {
+    let result = client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {t}; \
+             UPDATE tripflow.versions SET state = 'failed' WHERE source_id = {s} AND version = {version} \
+               AND state IN ('staging', 'staged')",
+            t = qualified(table),
+            s = quote_or_empty(source_id),
+        ))
+        .await;
+    if let Err(err) = result {
+        warn!(source_id, version, error = %err, "could not remove a refused version; the next load will");
+    }
+    if holds_staging_lock {
+        let _ = client
+            .execute(&staging_lock_sql("pg_advisory_unlock", table), &[])
+            .await;
+    }
+}
+
+/// Drops a staged version that will not be swapped in (its swap failed or was refused). Best
+/// effort, like a failed build's clean-up; the current version is not touched.
+pub async fn discard(client: &Client, staged: &StagedVersion) {
+    let table = staged
+        .partition_table
+        .strip_prefix("tripflow.")
+        .unwrap_or(&staged.partition_table);
+    abandon(client, &staged.source_id, staged.version, table, false).await;
+}
+
+/// Builds the next version of `request.source_id` as its own table, fully indexed and analysed,
+/// with its answers computed, and checks its count. Readers see nothing of it until [`swap_in`].
+/// A count other than `request.expected_rows` is `LoadCountMismatch` and the table is dropped.
+pub async fn stage_version(
+    client: &mut Client,
+    request: &StageRequest,
+    rows: &mut dyn TripRows,
+) -> Result<StagedVersion> {
+    let (version, table) = allocate(client, request).await?;
+    let built = build(client, request, version, &table, rows).await;
+    match built {
+        Ok(staged) => {
+            let _ = client
+                .execute(&staging_lock_sql("pg_advisory_unlock", &table), &[])
+                .await;
+            Ok(staged)
+        }
+        Err(err) => {
+            abandon(client, &request.source_id, version, &table, true).await;
+            Err(err)
+        }
+    }
+}
+
+async fn build(
+    client: &mut Client,
+    request: &StageRequest,
+    version: i32,
+    table: &str,
+    rows: &mut dyn TripRows,
+) -> Result<StagedVersion> {
+    let source_id = request.source_id.as_str();
+    let full = qualified(table);
+    let tx = client.transaction().await.map_err(classify)?;
+    let column_list = TRIP_COLUMNS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sink = tx
+        .copy_in(&format!("COPY {full} ({column_list}) FROM STDIN BINARY"))
+        .await
+        .map_err(classify)?;
+    let types: Vec<Type> = TRIP_COLUMNS.iter().map(|(_, t)| t.clone()).collect();
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures::pin_mut!(writer);
+    rows.copy_into(writer.as_mut()).await?;
+    writer.finish().await.map_err(classify)?;
+
+    let counted: i64 = tx
+        .query_one(&format!("SELECT count(*) FROM {full}"), &[])
+        .await
+        .map_err(classify)?
+        .get(0);
+    let rows_loaded = u64::try_from(counted).unwrap_or(0);
+    if rows_loaded != request.expected_rows {
+        return Err(Error::LoadCountMismatch {
+            source_id: source_id.to_string(),
+            expected: request.expected_rows,
+            loaded: rows_loaded,
+        });
+    }
+
+    // Proven by the CHECK, ATTACH skips its scan of the partition under the exclusive lock.
+    let literal = sql_literal(source_id)?;
+    tx.batch_execute(&format!(
+        "ALTER TABLE {full} ADD CONSTRAINT {table}_source CHECK (source_id IS NOT NULL AND source_id = {literal})"
+    ))
+    .await
+    .map_err(classify)?;
+    // The parent's partitioned indexes, built here so ATTACH adopts them instead of building them.
+    let index_defs = tx
+        .query(
+            "SELECT pg_get_indexdef(i.indexrelid), i.indisunique FROM pg_index i \
+             WHERE i.indrelid = 'tripflow.trips'::regclass ORDER BY i.indexrelid",
+            &[],
+        )
+        .await
+        .map_err(classify)?;
+    for row in index_defs {
+        let (definition, unique): (String, bool) = (row.get(0), row.get(1));
+        let Some((_, method_and_columns)) = definition.split_once(" USING ") else {
+            return Err(Error::DatabaseError(format!(
+                "unexpected index definition: {definition}"
+            )));
+        };
+        let unique = if unique { "UNIQUE " } else { "" };
+        tx.batch_execute(&format!("CREATE {unique}INDEX ON {full} USING {method_and_columns}"))
+            .await
+            .map_err(classify)?;
+    }
+    tx.batch_execute(&format!("ANALYZE {full}")).await.map_err(classify)?;
+    let answers = compute_answers(&tx, &full, counted).await?;
+    tx.execute(
+        "UPDATE tripflow.versions SET state = 'staged', rows_loaded = $3 WHERE source_id = $1 AND version = $2",
+        &[&source_id, &version, &counted],
+    )
+    .await
+    .map_err(classify)?;
+    tx.commit().await.map_err(classify)?;
+    info!(source_id, version, table, rows_loaded, "version staged");
+    Ok(StagedVersion {
+        source_id: source_id.to_string(),
+        version,
+        partition_table: full,
+        rows_loaded,
+        answers,
+        manifest_key: request.manifest_key.clone(),
+        manifest_md5: request.manifest_md5.clone(),
+        staged_at: Utc::now(),
+    })
+}
+
+/// The two answers from one version's table: average speed = Σ distance / Σ hours over trips with
+/// distance > 0 and duration > 0; slow trips are those trips slower than it; per ISO week the 5
+/// pickup locations with the most slow trips, ties to the lower location ID.
+async fn compute_answers(client: &impl GenericClient, table: &str, rows_loaded: i64) -> Result<VersionAnswers> {
+    let totals = client
+        .query_one(
+            &format!(
+                "SELECT count(*), sum(trip_distance), sum(duration_s) / 3600.0, \
+                        sum(trip_distance) / (sum(duration_s) / 3600.0) \
+                 FROM {table} WHERE trip_distance > 0 AND duration_s > 0"
+            ),
+            &[],
+        )
+        .await
+        .map_err(classify)?;
+    let valid_trips: i64 = totals.get(0);
+    let avg_speed_mph: Option<f64> = totals.get(3);
+    let (mut slow_trips, mut weekly_top5) = (0, Vec::new());
+    if let Some(avg) = avg_speed_mph {
+        slow_trips = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {table} \
+                     WHERE trip_distance > 0 AND duration_s > 0 AND speed_mph < $1"
+                ),
+                &[&avg],
+            )
+            .await
+            .map_err(classify)?
+            .get(0);
+        weekly_top5 = client
+            .query(
+                &format!(
+                    "WITH slow AS ( \
+                         SELECT pickup_week AS week, pu_location_id, count(*) AS slow_trips FROM {table} \
+                         WHERE trip_distance > 0 AND duration_s > 0 AND speed_mph < $1 \
+                           AND pu_location_id IS NOT NULL \
+                         GROUP BY pickup_week, pu_location_id \
+                     ), ranked AS ( \
+                         SELECT week, pu_location_id, slow_trips, \
+                                row_number() OVER (PARTITION BY week ORDER BY slow_trips DESC, pu_location_id) AS rank \
+                         FROM slow \
+                     ) \
+                     SELECT week, rank, pu_location_id, slow_trips FROM ranked WHERE rank <= 5 ORDER BY week, rank"
+                ),
+                &[&avg],
+            )
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(weekly_row)
+            .collect();
+    }
+    Ok(VersionAnswers {
+        rows_loaded,
+        valid_trips,
+        total_distance: totals.get(1),
+        total_hours: totals.get(2),
+        avg_speed_mph,
+        slow_trips,
+        weekly_top5,
+    })
+}
+
+/// Takes the locks every swap takes, in the one order every swap takes them: the source's advisory
+/// lock, then `tripflow.trips` exclusively (waits for running queries, bounded by `lock_timeout`).
+async fn begin_swap<'a>(client: &'a mut Client, source_id: &str) -> Result<Transaction<'a>> {
+    let tx = client.transaction().await.map_err(classify)?;
+    lock_source(&tx, source_id).await?;
+    tx.batch_execute(&format!("LOCK TABLE {TRIPS_TABLE} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .map_err(classify)?;
+    Ok(tx)
+}
+
+/// Detaches the source's current version, if any: (version, rows).
+async fn detach_current(tx: &Transaction<'_>, source_id: &str) -> Result<Option<(i32, i64)>> {
+    let current = tx
+        .query_opt(
+            "SELECT version, partition_table, coalesce(rows_loaded, 0) FROM tripflow.versions \
+             WHERE source_id = $1 AND current FOR UPDATE",
+            &[&source_id],
+        )
+        .await
+        .map_err(classify)?;
+    let Some(row) = current else {
+        return Ok(None);
+    };
+    let (version, table, rows): (i32, String, i64) = (row.get(0), row.get(1), row.get(2));
+    tx.batch_execute(&format!(
+        "ALTER TABLE {TRIPS_TABLE} DETACH PARTITION {}",
+        qualified(&table)
+    ))
+    .await
+    .map_err(classify)?;
+    tx.execute(
+        "UPDATE tripflow.versions SET state = 'previous', retired_at = now() WHERE source_id = $1 AND version = $2",
+        &[&source_id, &version],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(Some((version, rows)))
+}
+
+async fn attach(tx: &Transaction<'_>, source_id: &str, version: i32, table: &str) -> Result<()> {
+    tx.batch_execute(&format!(
+        "ALTER TABLE {TRIPS_TABLE} ATTACH PARTITION {table} FOR VALUES IN ({})",
+        sql_literal(source_id)?
+    ))
+    .await
+    .map_err(classify)?;
+    tx.execute(
+        "UPDATE tripflow.versions SET state = 'current', made_current_at = now(), retired_at = NULL \
+         WHERE source_id = $1 AND version = $2",
+        &[&source_id, &version],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Makes a staged version current in one short transaction: detach the current version (kept as a
+/// previous one), attach the new one, write its answers and the load record, commit. Then drops
+/// previous versions beyond retention.
+pub async fn swap_in(client: &mut Client, staged: &StagedVersion) -> Result<SwapOutcome> {
+    let source_id = staged.source_id.as_str();
+    let tx = begin_swap(client, source_id).await?;
+    let state: Option<String> = tx
+        .query_opt(
+            "SELECT state FROM tripflow.versions WHERE source_id = $1 AND version = $2 FOR UPDATE",
+            &[&source_id, &staged.version],
+        )
+        .await
+        .map_err(classify)?
+        .map(|r| r.get(0));
+    if state.as_deref() != Some("staged") {
+        return Err(Error::InvalidInput(format!(
+            "version {} of {source_id} cannot be swapped in: it is {}",
+            staged.version,
+            state.as_deref().unwrap_or("unknown")
+        )));
+    }
+    let previous = detach_current(&tx, source_id).await?;
+    attach(&tx, source_id, staged.version, &staged.partition_table).await?;
+    let a = &staged.answers;
+    tx.execute(
+        "INSERT INTO tripflow.monthly_answers \
+         (source_id, version, rows_loaded, valid_trips, total_distance, total_hours, avg_speed_mph, slow_trips) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &source_id,
+            &staged.version,
+            &a.rows_loaded,
+            &a.valid_trips,
+            &a.total_distance,
+            &a.total_hours,
+            &a.avg_speed_mph,
+            &a.slow_trips,
+        ],
+    )
+    .await
+    .map_err(classify)?;
+    for w in &a.weekly_top5 {
+        tx.execute(
+            "INSERT INTO tripflow.weekly_slow_pickups (source_id, version, week, rank, pu_location_id, slow_trips) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &source_id,
+                &staged.version,
+                &w.week,
+                &w.rank,
+                &w.pu_location_id,
+                &w.slow_trips,
+            ],
+        )
+        .await
+        .map_err(classify)?;
+    }
+    let rows_replaced = previous.map_or(0, |(_, rows)| rows);
+    if let (Some(key), Some(md5)) = (&staged.manifest_key, &staged.manifest_md5) {
+        tx.execute(
+            "INSERT INTO tripflow.load_runs \
+             (source_id, manifest_key, manifest_md5, rows_curated, rows_loaded, rows_replaced, started_at, version) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+            &[
+                &source_id,
+                key,
+                md5,
+                &a.rows_loaded,
+                &rows_replaced,
+                &staged.staged_at,
+                &staged.version,
+            ],
+        )
+        .await
+        .map_err(classify)?;
+    }
+    tx.commit().await.map_err(classify)?;
+    info!(source_id, version = staged.version, previous = ?previous.map(|p| p.0), "version swapped in");
+    let dropped_versions = match apply_retention(client, source_id).await {
+        Ok(dropped) => dropped,
+        Err(err) => {
+            // The swap stands; the next load retries the clean-up.
+            warn!(source_id, error = %err, "retention could not drop old versions");
+            Vec::new()
+        }
+    };
+    Ok(SwapOutcome {
+        version: staged.version,
+        previous_version: previous.map(|p| p.0),
+        rows_replaced: u64::try_from(rows_replaced).unwrap_or(0),
+        dropped_versions,
+    })
+}
+
+/// Drops the tables of previous versions beyond the [`KEEP_PREVIOUS`] most recent; their rows in
+/// `versions` and their answers stay, as `dropped`, for `history`.
+pub async fn apply_retention(client: &mut Client, source_id: &str) -> Result<Vec<i32>> {
+    let tx = client.transaction().await.map_err(classify)?;
+    lock_source(&tx, source_id).await?;
+    let old = tx
+        .query(
+            "SELECT version, partition_table FROM tripflow.versions WHERE source_id = $1 AND state = 'previous' \
+             ORDER BY version DESC OFFSET $2",
+            &[&source_id, &KEEP_PREVIOUS],
+        )
+        .await
+        .map_err(classify)?;
+    let mut dropped = Vec::new();
+    for row in old {
+        let (version, table): (i32, String) = (row.get(0), row.get(1));
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", qualified(&table)))
+            .await
+            .map_err(classify)?;
+        tx.execute(
+            "UPDATE tripflow.versions SET state = 'dropped' WHERE source_id = $1 AND version = $2",
+            &[&source_id, &version],
+        )
+        .await
+        .map_err(classify)?;
+        dropped.push(version);
+    }
+    tx.commit().await.map_err(classify)?;
+    if !dropped.is_empty() {
+        info!(source_id, ?dropped, "retention dropped old versions");
+    }
+    Ok(dropped)
+}
+
+/// Makes a kept previous version current again, in the same transaction shape as a swap. Asking for
+/// the current version changes nothing; a dropped or unknown one is `InvalidInput`.
+pub async fn make_current(client: &mut Client, source_id: &str, version: i32) -> Result<SwapOutcome> {
+    let tx = begin_swap(client, source_id).await?;
+    let target = tx
+        .query_opt(
+            "SELECT state, partition_table FROM tripflow.versions WHERE source_id = $1 AND version = $2 FOR UPDATE",
+            &[&source_id, &version],
+        )
+        .await
+        .map_err(classify)?;
+    let Some(target) = target else {
+        return Err(Error::InvalidInput(format!("{source_id} has no version {version}")));
+    };
+    let (state, table): (String, String) = (target.get(0), target.get(1));
+    match state.as_str() {
+        "current" => {
+            tx.commit().await.map_err(classify)?;
+            return Ok(SwapOutcome {
+                version,
+                previous_version: None,
+                rows_replaced: 0,
+                dropped_versions: Vec::new(),
+            });
+        }
+        "previous" => {}
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "version {version} of {source_id} cannot be made current: it is {other}{}",
+                if other == "dropped" {
+                    " (its table was removed by retention)"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    let previous = detach_current(&tx, source_id).await?;
+    attach(&tx, source_id, version, &qualified(&table)).await?;
+    tx.commit().await.map_err(classify)?;
+    info!(source_id, version, previous = ?previous.map(|p| p.0), "version restored");
+    Ok(SwapOutcome {
+        version,
+        previous_version: previous.map(|p| p.0),
+        rows_replaced: previous.map_or(0, |(_, rows)| u64::try_from(rows).unwrap_or(0)),
+        dropped_versions: Vec::new(),
+    })
+}
+
+/// Every version of `source_id` that was ever swapped in, oldest first, with its answers.
+pub async fn history(client: &Client, source_id: &str) -> Result<Vec<VersionInfo>> {
+    let rows = client
+        .query(
+            "SELECT v.version, v.created_at, v.rows_loaded, a.avg_speed_mph, v.current, v.state, v.source_md5, \
+                    v.partition_table \
+             FROM tripflow.versions v LEFT JOIN tripflow.monthly_answers a USING (source_id, version) \
+             WHERE v.source_id = $1 AND v.state IN ('current', 'previous', 'dropped') ORDER BY v.version",
+            &[&source_id],
+        )
+        .await
+        .map_err(classify)?;
+    Ok(rows
+        .iter()
+        .map(|r| VersionInfo {
+            version: r.get(0),
+            created_at: r.get(1),
+            rows_loaded: r.get(2),
+            avg_speed_mph: r.get(3),
+            current: r.get(4),
+            state: r.get(5),
+            source_md5: r.get(6),
+            partition_table: r.get(7),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_tables_are_readable_unique_per_source_and_short_enough() {
+        let name = partition_table_name("yellow/2021-03", 3);
+        assert!(name.starts_with("trips_p_yellow_2021_03_"), "{name}");
+        assert!(name.ends_with("_v3"));
+        assert_ne!(name, partition_table_name("yellow_2021/03", 3));
+        let long = partition_table_name(&"x".repeat(200), i32::MAX);
+        assert!(long.len() <= 63, "{long}");
+    }
+
+    #[test]
+    fn literals_double_their_quotes_and_refuse_backslashes() {
+        assert_eq!(sql_literal("it's").unwrap(), "'it''s'");
+        assert_eq!(sql_literal("a\\b").unwrap_err().name(), "InvalidInput");
+    }
+
+    #[test]
+    fn copy_columns_match_the_migration() {
+        let schema = super::super::MIGRATIONS[0].2;
+        for (name, _) in TRIP_COLUMNS {
+            assert!(
+                schema.contains(&format!("    {name} ")),
+                "{name} missing from the trips table"
+            );
+        }
+    }
+}
