@@ -38,6 +38,9 @@ enum Command {
     Demo(DemoArgs),
     /// Print the two answers for months already loaded.
     Query(QueryArgs),
+    /// List the versions of one month in the database (newest first): when, from which file, rows,
+    /// average speed, which one is current.
+    History(HistoryArgs),
     /// Generate a synthetic month of trips with the official schema and realistic defects.
     Gen(GenArgs),
     /// Manage the private PostgreSQL cluster `tripflow` starts when no database URL is given.
@@ -116,6 +119,19 @@ struct QueryArgs {
 }
 
 #[derive(Args)]
+struct HistoryArgs {
+    /// The month, as DATASET/YYYY-MM (e.g. yellow/2021-03).
+    #[arg(value_name = "DATASET/YYYY-MM", value_parser = parse_source_id)]
+    source_id: String,
+    /// Print one JSON object per version (keys version, md5, rows_kept, avg_speed_mph, created_at,
+    /// current), as a JSON array.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    place: Place,
+}
+
+#[derive(Args)]
 struct GenArgs {
     /// Output Parquet file; name it yellow_tripdata_YYYY-MM.parquet so `run` can tell its month.
     out: PathBuf,
@@ -133,6 +149,18 @@ enum DbAction {
     Url,
     /// Stop the private cluster (its data stays for the next run).
     Stop,
+}
+
+fn parse_source_id(raw: &str) -> std::result::Result<String, String> {
+    let (dataset, month) = raw
+        .split_once('/')
+        .ok_or_else(|| format!("{raw:?} is not DATASET/YYYY-MM, e.g. yellow/2021-03"))?;
+    let valid_dataset = !dataset.is_empty() && dataset.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let month: Period = month.parse().map_err(|e| format!("{raw:?}: {e}"))?;
+    if !valid_dataset {
+        return Err(format!("{raw:?}: the dataset must be letters, digits or _"));
+    }
+    Ok(format!("{dataset}/{month}"))
 }
 
 fn parse_ratio(raw: &str) -> std::result::Result<f64, String> {
@@ -246,6 +274,37 @@ async fn execute(command: Command) -> Result<()> {
                 for (source_id, answers) in &all {
                     print!("{}", report::answers_text(source_id, answers));
                 }
+            }
+            Ok(())
+        }
+        Command::History(args) => {
+            let client = database(&args.place).await?;
+            let mut versions = db::versions::history(&client, &args.source_id).await?;
+            if versions.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "{} has no loaded version: run `tripflow run` on its file first",
+                    args.source_id
+                )));
+            }
+            versions.reverse();
+            if args.json {
+                let entries: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "version": v.version,
+                            "md5": v.source_md5,
+                            "rows_kept": v.rows_loaded,
+                            "avg_speed_mph": v.avg_speed_mph,
+                            "created_at": v.created_at.to_rfc3339(),
+                            "current": v.current,
+                            "state": v.state,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(entries));
+            } else {
+                print!("{}", report::history_text(&args.source_id, &versions));
             }
             Ok(())
         }

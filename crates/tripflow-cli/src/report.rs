@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use tripflow::db::Answers;
+use tripflow::db::versions::VersionInfo;
 use tripflow::pipeline::RunSummary;
 use tripflow::stages::clean::RejectReason;
 
@@ -111,6 +112,32 @@ pub fn answers_text(source_id: &str, answers: &Answers) -> String {
             .map(|w| format!("{} ({} trips)", w.pu_location_id, thousands(w.slow_trips.max(0) as u64)))
             .collect();
         let _ = writeln!(out, "    week {week:>2}: {}", ranked.join(", "));
+    }
+    out
+}
+
+/// The versions of one month, newest first, the current one marked.
+pub fn history_text(source_id: &str, versions: &[VersionInfo]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "versions of {source_id}, newest first (* current)");
+    let _ = writeln!(
+        out,
+        "  {:>7}  {:<20}  {:>11}  {:>9}  {:<32}  state",
+        "version", "created (UTC)", "rows", "avg mph", "source md5"
+    );
+    for v in versions {
+        let _ = writeln!(
+            out,
+            "{} {:>7}  {:<20}  {:>11}  {:>9}  {:<32}  {}",
+            if v.current { "*" } else { " " },
+            v.version,
+            v.created_at.format("%Y-%m-%d %H:%M:%S"),
+            v.rows_loaded
+                .map_or("-".to_string(), |r| thousands(u64::try_from(r).unwrap_or(0))),
+            v.avg_speed_mph.map_or("-".to_string(), |s| format!("{s:.3}")),
+            v.source_md5.as_deref().unwrap_or("-"),
+            v.state
+        );
     }
     out
 }

@@ -289,3 +289,73 @@ async fn partial_writes_of_a_killed_run_are_removed_by_the_next_run_which_conver
         summary["rows_loaded"].as_i64().unwrap()
     );
 }
+
+#[tokio::test]
+async fn history_lists_each_loaded_version_newest_first_with_its_source_md5() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut md5s = Vec::new();
+    for seed in ["1", "2"] {
+        let source = dir.path().join(format!("s{seed}/yellow_tripdata_2021-03.parquet"));
+        std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+        let generated = tripflow()
+            .args(["gen", "--month", "2021-03", "--rows", "5000", "--seed", seed])
+            .arg(&source)
+            .output()
+            .unwrap();
+        assert!(generated.status.success());
+        let run = tripflow()
+            .arg("run")
+            .arg(&source)
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(&data)
+            .env("DATABASE_URL", pg.url())
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        md5s.push((
+            summary["md5"].clone(),
+            summary["rows_kept"].clone(),
+            summary["avg_speed_mph"].clone(),
+        ));
+    }
+    let history = tripflow()
+        .args(["history", "yellow/2021-03", "--json"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .unwrap();
+    assert!(history.status.success(), "{}", String::from_utf8_lossy(&history.stderr));
+    let versions: Vec<serde_json::Value> = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(versions.len(), 2);
+    for (entry, (md5, rows, avg)) in versions.iter().zip(md5s.iter().rev()) {
+        for key in ["version", "md5", "rows_kept", "avg_speed_mph", "created_at", "current"] {
+            assert!(entry.get(key).is_some(), "missing {key}: {entry}");
+        }
+        assert_eq!(&entry["md5"], md5);
+        assert_eq!(&entry["rows_kept"], rows);
+        assert_eq!(&entry["avg_speed_mph"], avg);
+    }
+    assert_eq!(versions[0]["current"], true, "the newest is current");
+    assert_eq!(versions[1]["current"], false);
+
+    let text = tripflow()
+        .args(["history", "yellow/2021-03"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(md5s[0].0.as_str().unwrap()) && text.contains("current"),
+        "{text}"
+    );
+
+    let bad = tripflow().args(["history", "2021-03"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a malformed month is a usage error");
+}
