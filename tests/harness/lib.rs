@@ -2,10 +2,12 @@
 //! - [`pg::TestPostgres`]: a throwaway PostgreSQL cluster from the machine's binaries.
 //! - [`data`]: the real TLC samples in `../shared/data`, when present.
 //! - [`moto`]: moto in server mode for S3, Glue, SNS and Step Functions.
+//! - [`parquet_crc`]: Parquet files with data-page CRCs, and damage inside one page.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod data;
 pub mod moto;
+pub mod parquet_crc;
 pub mod pg;
 pub mod router;

@@ -94,9 +94,9 @@ impl CatalogCheck {
             .await
             .map_err(|err| match sdk_error::classify(&err) {
                 Class::NotFound => Error::schema_drift(name.clone(), "table missing from the Glue Data Catalog"),
-                Class::Transient => Error::StorageUnavailable {
-                    action: "reading Glue table",
-                    key: name.clone(),
+                Class::Transient => Error::CatalogUnavailable {
+                    action: "reading table",
+                    name: name.clone(),
                     detail: sdk_error::describe(&err),
                 },
                 Class::Rejected => Error::InvalidInput(format!(

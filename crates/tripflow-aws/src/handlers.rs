@@ -66,7 +66,7 @@ impl StageState {
     }
 
     pub fn from_parts(sdk: &aws_config::SdkConfig, env: StageEnv) -> Self {
-        let store = S3Store::new(s3_client(sdk), env.bucket);
+        let store = S3Store::new(s3_client(sdk, &env.s3_timeouts), env.bucket);
         StageState::new(StageContext::new(Arc::new(store), env.pipeline))
     }
 }
@@ -165,7 +165,7 @@ impl TriggerState {
     pub fn from_parts(sdk: &aws_config::SdkConfig, env: TriggerEnv) -> Self {
         TriggerState {
             trigger: Trigger {
-                s3: s3_client(sdk),
+                s3: s3_client(sdk, &env.s3_timeouts),
                 sfn: aws_sdk_sfn::Client::new(sdk),
                 state_machine_arn: env.state_machine_arn,
                 bucket: env.bucket,

@@ -211,6 +211,7 @@ pub fn execution_input(object: &CreatedObject, expected_md5: Option<String>) -> 
         source: format!("s3://{}/{}", object.bucket, object.key),
         expected_md5,
         period: None,
+        allow_http: false,
     };
     serde_json::to_string(&input).map_err(|e| Error::InvalidInput(format!("serialising execution input: {e}")))
 }
@@ -294,7 +295,7 @@ impl Trigger {
                 server_side_encryption: head.server_side_encryption().map(|s| s.as_str().to_string()),
                 customer_key: head.sse_customer_algorithm().is_some(),
             })),
-            Err(err) => match crate::s3::s3_error("inspecting", &object.key, err) {
+            Err(err) => match crate::s3::s3_error(&self.s3, "inspecting", &object.key, err) {
                 Error::ObjectNotFound { .. } => Ok(None),
                 other => Err(other.into()),
             },

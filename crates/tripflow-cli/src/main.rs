@@ -73,6 +73,9 @@ struct RunArgs {
     /// Share of rows clean may reject before the run fails with TooManyRejectedRows.
     #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
     max_rejected_ratio: Option<f64>,
+    /// Fetch a plain http:// SOURCE (refused by default: nothing vouches for bytes sent without TLS).
+    #[arg(long)]
+    allow_http: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -165,6 +168,7 @@ async fn execute(command: Command) -> Result<()> {
                 source: args.source,
                 expected_md5: args.md5,
                 period: args.month,
+                allow_http: args.allow_http,
             };
             let summary = run(&args.place, config, input).await?;
             print_summary(&summary, args.json)
@@ -185,6 +189,7 @@ async fn execute(command: Command) -> Result<()> {
                 source: file.display().to_string(),
                 expected_md5: None,
                 period: Some(args.month),
+                allow_http: false,
             };
             let summary = run(&args.place, PipelineConfig::from_env()?, input).await?;
             print_summary(&summary, args.json)

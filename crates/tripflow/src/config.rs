@@ -11,6 +11,11 @@ pub const ENV_MAX_REJECTED_RATIO: &str = "TRIPFLOW_MAX_REJECTED_RATIO";
 pub const ENV_LOCATION_SWAPS: &str = "TRIPFLOW_LOCATION_SWAPS";
 /// Memory, in MiB, that transform's open partition writers may buffer before flushing row groups.
 pub const ENV_WRITE_BUFFER_MB: &str = "TRIPFLOW_WRITE_BUFFER_MB";
+/// Seconds to wait for the HTTPS source's TCP connection and TLS handshake.
+pub const ENV_HTTP_CONNECT_TIMEOUT_S: &str = "TRIPFLOW_HTTP_CONNECT_TIMEOUT_S";
+/// Seconds the HTTPS source may stay silent: for the response headers, and between body chunks.
+/// Not a limit on the whole download, which may take long for a large file on a slow link.
+pub const ENV_HTTP_READ_TIMEOUT_S: &str = "TRIPFLOW_HTTP_READ_TIMEOUT_S";
 /// PostgreSQL connection URL (`postgres://user:pass@host:5432/db?sslmode=require`).
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
 
@@ -18,6 +23,8 @@ pub const DEFAULT_MAX_REJECTED_RATIO: f64 = 0.05;
 /// The source system swaps these two zones (known defect); transform swaps them back.
 pub const DEFAULT_LOCATION_SWAPS: &str = "161:237";
 pub const DEFAULT_WRITE_BUFFER_MB: usize = 64;
+pub const DEFAULT_HTTP_CONNECT_TIMEOUT_S: f64 = 10.0;
+pub const DEFAULT_HTTP_READ_TIMEOUT_S: f64 = 60.0;
 /// Rows per written row group: large enough for good compression, small enough for a Lambda.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 
@@ -27,6 +34,10 @@ pub struct PipelineConfig {
     pub location_swaps: LocationSwaps,
     pub write_buffer_bytes: usize,
     pub row_group_rows: usize,
+    /// `TRIPFLOW_HTTP_CONNECT_TIMEOUT_S`, in seconds.
+    pub http_connect_timeout_s: f64,
+    /// `TRIPFLOW_HTTP_READ_TIMEOUT_S`, in seconds.
+    pub http_read_timeout_s: f64,
 }
 
 impl Default for PipelineConfig {
@@ -36,6 +47,8 @@ impl Default for PipelineConfig {
             location_swaps: LocationSwaps::default(),
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_MB << 20,
             row_group_rows: ROW_GROUP_ROWS,
+            http_connect_timeout_s: DEFAULT_HTTP_CONNECT_TIMEOUT_S,
+            http_read_timeout_s: DEFAULT_HTTP_READ_TIMEOUT_S,
         }
     }
 }
@@ -66,8 +79,32 @@ impl PipelineConfig {
             })?;
             config.write_buffer_bytes = mb << 20;
         }
+        if let Some(raw) = lookup(ENV_HTTP_CONNECT_TIMEOUT_S) {
+            config.http_connect_timeout_s = parse_timeout_var(ENV_HTTP_CONNECT_TIMEOUT_S, &raw)?;
+        }
+        if let Some(raw) = lookup(ENV_HTTP_READ_TIMEOUT_S) {
+            config.http_read_timeout_s = parse_timeout_var(ENV_HTTP_READ_TIMEOUT_S, &raw)?;
+        }
         Ok(config)
     }
+}
+
+/// Seconds for a timeout: a finite number above zero and at most a day (zero would never wait,
+/// and "no timeout" is what the variables exist to prevent).
+pub fn parse_timeout_s(raw: &str) -> Option<f64> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+}
+
+/// [`parse_timeout_s`], failing with `InvalidInput` naming the variable.
+pub fn parse_timeout_var(name: &str, raw: &str) -> Result<f64> {
+    parse_timeout_s(raw).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "{name}={raw:?}: expected a number of seconds above 0 and at most 86400"
+        ))
+    })
 }
 
 pub fn parse_ratio(raw: &str) -> Option<f64> {
@@ -169,5 +206,23 @@ mod tests {
         assert!("1:2,2:3".parse::<LocationSwaps>().is_err());
         assert_eq!("".parse::<LocationSwaps>().unwrap(), LocationSwaps::none());
         assert_eq!(String::from("1:2, 3:4".parse::<LocationSwaps>().unwrap()), "1:2,3:4");
+    }
+
+    #[test]
+    fn http_timeouts_default_to_10_and_60_seconds_and_a_bad_one_fails_naming_its_variable() {
+        let config = PipelineConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(
+            (config.http_connect_timeout_s, config.http_read_timeout_s),
+            (10.0, 60.0)
+        );
+        let config = PipelineConfig::from_lookup(|n| (n == ENV_HTTP_READ_TIMEOUT_S).then(|| "2.5".into())).unwrap();
+        assert_eq!(config.http_read_timeout_s, 2.5);
+        for bad in ["0", "-1", "ten", "inf", "NaN", ""] {
+            for name in [ENV_HTTP_CONNECT_TIMEOUT_S, ENV_HTTP_READ_TIMEOUT_S] {
+                let err = PipelineConfig::from_lookup(|n| (n == name).then(|| bad.into())).unwrap_err();
+                assert_eq!(err.name(), "InvalidInput");
+                assert!(err.to_string().contains(name), "{err}");
+            }
+        }
     }
 }
