@@ -663,6 +663,38 @@ async fn an_s3_endpoint_that_never_answers_is_a_timeout_naming_the_key() {
     drop(silent);
 }
 
+#[tokio::test]
+async fn a_glue_endpoint_that_never_answers_is_a_timeout_naming_the_table() {
+    use aws_sdk_s3::config::{Credentials, Region};
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .endpoint_url(format!("http://{}", silent.local_addr().unwrap()))
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let timeouts = S3Timeouts {
+        connect_s: 1.0,
+        read_s: 1.0,
+        attempt_s: 3.0,
+    };
+    let check = tripflow_aws::catalog::CatalogCheck::new(
+        tripflow_aws::handlers::glue_client(&sdk, &timeouts),
+        GlueTable {
+            database: "tripflow".into(),
+            table: "curated_yellow".into(),
+        },
+    );
+    let started = Instant::now();
+    let err = check.facts().await.unwrap_err();
+    assert_eq!(err.name(), "Timeout", "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("tripflow.curated_yellow"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(silent);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The trigger
 

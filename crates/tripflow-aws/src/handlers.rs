@@ -125,13 +125,22 @@ impl LoadState {
         let db = Database::open(env.db, env.ca_file.as_deref(), Some(sdk)).await?;
         let catalog = env
             .glue
-            .map(|table| CatalogCheck::new(aws_sdk_glue::Client::new(sdk), table));
+            .map(|table| CatalogCheck::new(glue_client(sdk, &env.stage.s3_timeouts), table));
         Ok(LoadState {
             stage: StageState::from_parts(sdk, env.stage),
             db,
             catalog,
         })
     }
+}
+
+/// A Glue client with the same waits as S3 (`TRIPFLOW_S3_*_TIMEOUT_S`): the catalog check must not
+/// hang the load either.
+pub fn glue_client(sdk: &aws_config::SdkConfig, timeouts: &crate::s3::S3Timeouts) -> aws_sdk_glue::Client {
+    let config = aws_sdk_glue::config::Builder::from(sdk)
+        .timeout_config(timeouts.config())
+        .build();
+    aws_sdk_glue::Client::from_conf(config)
 }
 
 pub async fn handle_load(state: &LoadState, input: LoadInput) -> Result<LoadOutput, Diagnostic> {
