@@ -43,7 +43,7 @@ fn non_retryable_errors() -> Vec<&'static str> {
 
 /// Where a run that failed with an error must end: the Fail state named for what went wrong, or
 /// `StageFailed` for everything without a name of its own.
-const FAIL_STATE_FOR: [(&str, &str); 22] = [
+const FAIL_STATE_FOR: [(&str, &str); 28] = [
     ("ChecksumMismatch", "ChecksumMismatch"),
     ("SchemaDrift", "SchemaDrift"),
     ("NotParquet", "NotParquet"),
@@ -54,14 +54,20 @@ const FAIL_STATE_FOR: [(&str, &str); 22] = [
     ("EmptySource", "EmptySource"),
     ("SuspiciousShrink", "SuspiciousShrink"),
     ("CrawlerFailed", "CrawlerFailed"),
+    ("CorruptSource", "CorruptSource"),
+    ("SourceTooLarge", "StageFailed"),
+    ("ParquetWriteFailed", "StageFailed"),
+    ("StorageRefused", "StageFailed"),
     ("UnknownPeriod", "StageFailed"),
     ("InvalidInput", "StageFailed"),
     ("ObjectNotFound", "StageFailed"),
     ("DatabaseError", "StageFailed"),
     ("StorageUnavailable", "StageFailed"),
+    ("CatalogUnavailable", "StageFailed"),
+    ("Timeout", "StageFailed"),
     ("SourceUnavailable", "StageFailed"),
     ("DatabaseUnavailable", "StageFailed"),
-    ("Timeout", "StageFailed"),
+    ("Interrupted", "StageFailed"),
     ("Lambda.ServiceException", "StageFailed"),
     ("Sandbox.Timedout", "StageFailed"),
     ("States.TaskFailed", "StageFailed"),
@@ -961,6 +967,10 @@ fn a_failed_crawl_ends_in_crawler_failed_after_one_notification() {
     for (name, state) in catalogs {
         for (error, expected) in [
             ("CrawlerFailed", "CrawlerFailed"),
+            ("CorruptSource", "CorruptSource"),
+            ("SourceTooLarge", "StageFailed"),
+            ("ParquetWriteFailed", "StageFailed"),
+            ("StorageRefused", "StageFailed"),
             ("Glue.EntityNotFoundException", "StageFailed"),
         ] {
             let (next, data) = caught(state, error, state_after(1));

@@ -31,7 +31,7 @@ use tripflow_aws::env::{DbSource, GlueTable, LoadEnv, StageEnv, TriggerEnv};
 use tripflow_aws::handlers::{
     LoadState, StageState, TriggerState, handle_clean, handle_ingest, handle_load, handle_transform, handle_trigger,
 };
-use tripflow_aws::s3::{MD5_METADATA_KEY, PART_BYTES, S3Store};
+use tripflow_aws::s3::{MD5_METADATA_KEY, PART_BYTES, S3Store, S3Timeouts};
 use tripflow_aws::trigger::TriggerEvent;
 use tripflow_tests::moto::Moto;
 use tripflow_tests::pg::TestPostgres;
@@ -72,6 +72,7 @@ impl World {
             StageEnv {
                 bucket: BUCKET.into(),
                 pipeline: PipelineConfig::default(),
+                s3_timeouts: S3Timeouts::default(),
             },
         );
         World {
@@ -292,6 +293,7 @@ async fn a_database_down_at_init_fails_the_invocation_as_retryable_not_the_init(
         stage: StageEnv {
             bucket: BUCKET.into(),
             pipeline: PipelineConfig::default(),
+            s3_timeouts: S3Timeouts::default(),
         },
         db: DbSource::Url(format!("postgres://tripflow@127.0.0.1:{port}/tripflow")),
         ca_file: None,
@@ -323,6 +325,7 @@ async fn a_database_that_accepts_and_never_answers_fails_the_load_as_a_timeout()
         stage: StageEnv {
             bucket: BUCKET.into(),
             pipeline: PipelineConfig::default(),
+            s3_timeouts: S3Timeouts::default(),
         },
         db: DbSource::Url(format!("postgres://tripflow@127.0.0.1:{port}/tripflow")),
         ca_file: None,
@@ -404,6 +407,7 @@ async fn load_state(world: &World, pg: &TestPostgres, glue: bool) -> LoadState {
         stage: StageEnv {
             bucket: BUCKET.into(),
             pipeline: PipelineConfig::default(),
+            s3_timeouts: S3Timeouts::default(),
         },
         db: DbSource::Url(pg.url().to_string()),
         ca_file: None,
@@ -649,7 +653,8 @@ async fn s3_failures_map_to_the_pipeline_errors_the_state_machine_matches() {
 
     let no_bucket = S3Store::new(world.moto.s3_client().await, "no-such-bucket");
     let err = no_bucket.list("raw/").await.unwrap_err();
-    assert_eq!(err.name(), "InvalidInput", "{err}");
+    assert_eq!(err.name(), "StorageRefused", "{err}");
+    assert!(err.to_string().contains("NoSuchBucket"), "{err}");
     assert!(!err.is_retryable());
 
     // Nothing listens on the endpoint: transient, so the state machine retries it.
@@ -665,6 +670,70 @@ async fn s3_failures_map_to_the_pipeline_errors_the_state_machine_matches() {
     let err = unreachable.size("raw/x").await.unwrap_err();
     assert_eq!(err.name(), "StorageUnavailable", "{err}");
     assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn an_s3_endpoint_that_never_answers_is_a_timeout_naming_the_key() {
+    use aws_sdk_s3::config::{Credentials, Region};
+    // Accepts connections (the kernel does, into the backlog) and never answers a request.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .endpoint_url(format!("http://{}", silent.local_addr().unwrap()))
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let timeouts = S3Timeouts {
+        connect_s: 1.0,
+        read_s: 1.0,
+        attempt_s: 3.0,
+    };
+    let store = S3Store::new(tripflow_aws::s3::s3_client(&sdk, &timeouts), BUCKET);
+    let started = Instant::now();
+    let err = store.get_range("raw/yellow/2021-03/x.parquet", 0..4).await.unwrap_err();
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(err.name(), "Timeout", "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("raw/yellow/2021-03/x.parquet"), "{err}");
+    assert!(
+        matches!(err, tripflow::Error::Timeout { after_s, .. } if after_s == 1.0),
+        "the read timeout ran out first"
+    );
+    assert!(seconds < 5.0, "gave up after {seconds:.1} s, configured 1 s");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_glue_endpoint_that_never_answers_is_a_timeout_naming_the_table() {
+    use aws_sdk_s3::config::{Credentials, Region};
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .endpoint_url(format!("http://{}", silent.local_addr().unwrap()))
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    let timeouts = S3Timeouts {
+        connect_s: 1.0,
+        read_s: 1.0,
+        attempt_s: 3.0,
+    };
+    let check = tripflow_aws::catalog::CatalogCheck::new(
+        tripflow_aws::handlers::glue_client(&sdk, &timeouts),
+        GlueTable {
+            database: "tripflow".into(),
+            table: "curated_yellow".into(),
+        },
+    );
+    let started = Instant::now();
+    let err = check.facts().await.unwrap_err();
+    assert_eq!(err.name(), "Timeout", "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("tripflow.curated_yellow"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(silent);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,6 +761,7 @@ async fn trigger_world(execute: bool) -> (World, TriggerState, aws_sdk_sfn::Clie
         TriggerEnv {
             state_machine_arn: arn.clone(),
             bucket: Some(BUCKET.into()),
+            s3_timeouts: S3Timeouts::default(),
         },
     );
     (world, state, sfn, arn)

@@ -7,12 +7,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tripflow::Error;
 use tripflow::config::{DbSettings, PipelineConfig};
 use tripflow::db::{WeeklySlowPickup, versions};
 use tripflow::pipeline::RunSummary;
+use tripflow::stages::StageContext;
+use tripflow::stages::ingest::IngestInput;
 use tripflow::stages::load;
 use tripflow::stages::load::LoadInput;
+use tripflow::storage::LocalStore;
 use tripflow_tests::data::shared_file;
 use tripflow_tests::expected::expected_from_file;
 use tripflow_tests::local::Setup;
@@ -972,4 +976,220 @@ async fn a_count_mismatch_rolls_back_and_keeps_the_previous_load() {
     let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
     assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
     assert_eq!(answers.weekly_top5, summary.weekly_top5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integrity of the bytes inside a source: data-page CRCs.
+
+/// `source` rewritten as another writer would write it: plain, uncompressed pages, each with its CRC.
+fn with_page_crcs(source: &Path) -> Vec<u8> {
+    use arrow::array::RecordBatchReader;
+    use parquet::arrow::ArrowWriter;
+    use tripflow_tests::parquet_crc::{plain_writer_properties, with_page_crcs};
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(source).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut plain = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut plain, reader.schema(), Some(plain_writer_properties())).unwrap();
+    for batch in reader {
+        writer.write(&batch.unwrap()).unwrap();
+    }
+    writer.close().unwrap();
+    with_page_crcs(&plain)
+}
+
+/// Every object of the zones a run publishes, with its MD5, and a fingerprint of every trip row.
+async fn zones_and_rows(setup: &Setup) -> (Vec<(String, String)>, String) {
+    let mut objects = Vec::new();
+    for zone in ["clean/", "quarantine/", "curated/"] {
+        for key in setup.keys(zone).await {
+            let info = tripflow::storage::md5_of(setup.ctx.store.as_ref(), &key).await.unwrap();
+            objects.push((key, info.md5));
+        }
+    }
+    let rows: String = setup
+        .pg
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '')
+             FROM tripflow.trips t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (objects, rows)
+}
+
+#[tokio::test]
+async fn a_flipped_byte_inside_a_data_page_is_corrupt_source_and_changes_nothing() {
+    let setup = Setup::new().await;
+    // A good month with page CRCs loads: the CRCs are read and they match.
+    let good = setup.generate("2021-03", 6_000, 3);
+    let with_crcs = with_page_crcs(&good);
+    let pages = tripflow_tests::parquet_crc::column_pages(&with_crcs, 0, "trip_distance");
+    assert!(pages.iter().all(|p| p.crc.is_some()), "every page carries its CRC");
+    std::fs::write(&good, &with_crcs).unwrap();
+    let loaded = setup.run(&good, None).await.unwrap();
+    assert_eq!(loaded.rows_in, 6_000);
+    let before = zones_and_rows(&setup).await;
+    assert!(!before.0.is_empty() && before.1.starts_with(&format!("{}:", loaded.rows_loaded)));
+
+    // Another file of the same month, one byte flipped in the middle of a trip_distance data page:
+    // without the CRC that is one wrong distance loaded and nothing said.
+    let other = setup.generate("2021-03", 6_000, 9);
+    let mut bytes = with_page_crcs(&other);
+    let page = tripflow_tests::parquet_crc::column_pages(&bytes, 0, "trip_distance")[0].clone();
+    bytes[(page.body.start + page.body.end) / 2] ^= 0x10;
+    std::fs::write(&other, &bytes).unwrap();
+
+    let err = setup.run(&other, None).await.unwrap_err();
+    assert_eq!(err.name(), "CorruptSource", "{err}");
+    assert!(!err.is_retryable());
+    let message = err.to_string();
+    assert!(
+        message.contains("raw/yellow/2021-03/") && message.contains("CRC"),
+        "{message}"
+    );
+    assert_eq!(
+        zones_and_rows(&setup).await,
+        before,
+        "clean, quarantine, curated and the trips are as before"
+    );
+    let staging = setup.dir.path().join("zones/.staging");
+    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0, "no staging litter");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nothing hangs: an HTTPS source that accepts and never answers.
+
+/// A listener on 127.0.0.1 that accepts connections and, when `head` is given, sends it and then
+/// nothing more; connections stay open until the listener is dropped.
+struct Stalling {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stalling {
+    async fn start(head: Option<&'static [u8]>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if let Some(head) = head {
+                    // Answer only once the request is in: a client ignores an answer before it asked.
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = socket.write_all(head).await;
+                }
+                open.push(socket);
+            }
+        });
+        Stalling { addr, task }
+    }
+}
+
+impl Drop for Stalling {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One-second HTTP timeouts, a local store, no database: the ingest stage alone.
+fn ingest_ctx(dir: &Path) -> StageContext {
+    let config = PipelineConfig {
+        http_connect_timeout_s: 1.0,
+        http_read_timeout_s: 1.0,
+        ..PipelineConfig::default()
+    };
+    StageContext::new(Arc::new(LocalStore::open(dir.join("zones")).unwrap()), config)
+}
+
+async fn ingest_url(ctx: &StageContext, url: &str, md5: Option<&str>, allow_http: bool) -> (Error, f64) {
+    let started = std::time::Instant::now();
+    let input = IngestInput {
+        source: url.to_string(),
+        expected_md5: md5.map(str::to_string),
+        allow_http,
+        ..IngestInput::default()
+    };
+    let err = tripflow::stages::ingest::run(ctx, input).await.unwrap_err();
+    (err, started.elapsed().as_secs_f64())
+}
+
+#[tokio::test]
+async fn an_https_source_that_never_answers_times_out_naming_the_url_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ingest_ctx(dir.path());
+    let silent = Stalling::start(None).await;
+    let url = format!("https://{}/trip-data/yellow_tripdata_2021-03.parquet", silent.addr);
+
+    // The sidecar is asked for first; when it is the sidecar that hangs, the error names the sidecar.
+    let (err, seconds) = ingest_url(&ctx, &url, None, false).await;
+    assert_eq!(err.name(), "Timeout", "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains(&format!("{url}.md5")), "{err}");
+    assert!(seconds < 5.0, "gave up after {seconds:.1} s, configured 1 s");
+
+    // With the MD5 given there is no sidecar: the file's own URL is what timed out.
+    let (err, seconds) = ingest_url(&ctx, &url, Some("0123456789abcdef0123456789abcdef"), false).await;
+    assert!(
+        matches!(&err, Error::Timeout { what, after_s } if what.ends_with(&url) && *after_s == 1.0),
+        "{err}"
+    );
+    assert!(seconds < 5.0, "gave up after {seconds:.1} s, configured 1 s");
+    assert!(ctx.store.list("raw/").await.unwrap().is_empty(), "nothing in raw/");
+    assert!(ctx.store.list("reports/").await.unwrap().is_empty(), "no manifest");
+    assert_eq!(std::fs::read_dir(dir.path().join("zones/.staging")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_source_that_stalls_mid_body_times_out_reading_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ingest_ctx(dir.path());
+    // Headers and the first bytes of a Parquet file, then silence. Plain HTTP, so the read timeout
+    // (not the TLS handshake) is what runs out.
+    let stalled = Stalling::start(Some(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 100000\r\n\r\nPAR1\x15\x04",
+    ))
+    .await;
+    let url = format!("http://{}/yellow_tripdata_2021-03.parquet", stalled.addr);
+    let (err, seconds) = ingest_url(&ctx, &url, Some("0123456789abcdef0123456789abcdef"), true).await;
+    assert!(
+        matches!(&err, Error::Timeout { what, .. } if what == &format!("reading from {url}")),
+        "{err}"
+    );
+    assert!(seconds < 5.0, "gave up after {seconds:.1} s, configured 1 s");
+    assert!(ctx.store.list("raw/").await.unwrap().is_empty(), "nothing in raw/");
+    assert_eq!(std::fs::read_dir(dir.path().join("zones/.staging")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_unless_allowed_and_a_refused_connection_keeps_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ingest_ctx(dir.path());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let url = format!("http://{addr}/yellow_tripdata_2021-03.parquet");
+    let (err, _) = ingest_url(&ctx, &url, None, false).await;
+    assert_eq!(err.name(), "InvalidInput", "{err}");
+    assert!(err.to_string().contains("--allow-http"), "{err}");
+
+    // Allowed, but nothing listens: SourceUnavailable naming the sidecar's URL and saying why.
+    let (err, _) = ingest_url(&ctx, &url, None, true).await;
+    assert_eq!(err.name(), "SourceUnavailable", "{err}");
+    let message = err.to_string().to_lowercase();
+    assert!(message.contains(&format!("{url}.md5")), "{message}");
+    assert!(message.contains("refused"), "the cause is kept: {message}");
 }

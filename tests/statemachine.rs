@@ -177,6 +177,7 @@ impl Setup {
                 StageEnv {
                     bucket: BUCKET.to_string(),
                     pipeline: config,
+                    s3_timeouts: tripflow_aws::s3::S3Timeouts::default(),
                 },
             )
         };

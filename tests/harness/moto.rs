@@ -192,7 +192,7 @@ impl Moto {
 
     /// A path-style S3 client for this server.
     pub async fn s3_client(&self) -> aws_sdk_s3::Client {
-        tripflow_aws::s3::s3_client(&self.sdk_config().await)
+        tripflow_aws::s3::s3_client(&self.sdk_config().await, &tripflow_aws::s3::S3Timeouts::default())
     }
 
     /// Creates `bucket`, optionally with versioning on (so events carry version ids).

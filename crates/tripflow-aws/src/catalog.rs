@@ -92,17 +92,15 @@ impl CatalogCheck {
             .name(&self.table.table)
             .send()
             .await
-            .map_err(|err| match sdk_error::classify(&err) {
-                Class::NotFound => Error::schema_drift(name.clone(), "table missing from the Glue Data Catalog"),
-                Class::Transient => Error::StorageUnavailable {
-                    action: "reading Glue table",
-                    key: name.clone(),
-                    detail: sdk_error::describe(&err),
-                },
-                Class::Rejected => Error::InvalidInput(format!(
-                    "reading Glue table {name} refused: {}",
-                    sdk_error::describe(&err)
-                )),
+            .map_err(|err| {
+                if let Some(kind) = sdk_error::timed_out(&err) {
+                    let (waiting, after_s) = kind.limit(self.client.config().timeout_config());
+                    return Error::Timeout {
+                        what: format!("{waiting} to Glue for table {name} ({})", sdk_error::describe(&err)),
+                        after_s,
+                    };
+                }
+                catalog_error(&name, &err)
             })?;
         let Some(table) = answer.table() else {
             return Err(Error::schema_drift(name, "GetTable returned no table"));
@@ -124,6 +122,29 @@ impl CatalogCheck {
         compare(&self.name(), &facts, expected_location, &curated_columns())?;
         info!(table = %self.name(), location = expected_location, columns = facts.columns.len(), "Glue table matches the curated zone");
         Ok(())
+    }
+}
+
+/// A Glue SDK error that is not a timeout: transient is `CatalogUnavailable` (retried), a missing
+/// table `SchemaDrift`, any other refusal `InvalidInput`.
+fn catalog_error<E>(
+    name: &str,
+    err: &aws_sdk_glue::error::SdkError<E, aws_sdk_glue::config::http::HttpResponse>,
+) -> Error
+where
+    E: aws_sdk_glue::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match sdk_error::classify(err) {
+        Class::NotFound => Error::schema_drift(name.to_string(), "table missing from the Glue Data Catalog"),
+        Class::Transient => Error::CatalogUnavailable {
+            action: "reading table",
+            name: name.to_string(),
+            detail: sdk_error::describe(err),
+        },
+        Class::Rejected => Error::InvalidInput(format!(
+            "reading Glue table {name} refused: {}",
+            sdk_error::describe(err)
+        )),
     }
 }
 

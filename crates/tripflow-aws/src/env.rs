@@ -1,12 +1,15 @@
 //! Every environment variable the Lambda functions read, and the typed configuration built from them
 //! once at init. A missing or malformed variable fails the function's init with a message naming
 //! it, never later inside a handler. The pipeline's own settings (`TRIPFLOW_MAX_REJECTED_RATIO`,
-//! `TRIPFLOW_LOCATION_SWAPS`, `TRIPFLOW_WRITE_BUFFER_MB`, `DATABASE_URL`) are constants of
-//! [`tripflow::config`]; AWS region, credentials and `AWS_ENDPOINT_URL` are read by aws-config.
+//! `TRIPFLOW_LOCATION_SWAPS`, `TRIPFLOW_WRITE_BUFFER_MB`, `TRIPFLOW_HTTP_*_TIMEOUT_S`, `DATABASE_URL`)
+//! are constants of [`tripflow::config`]; AWS region, credentials and `AWS_ENDPOINT_URL` are read by
+//! aws-config.
 
 use std::path::PathBuf;
 
 use tripflow::config::{DbSettings, ENV_DATABASE_URL, PipelineConfig};
+
+use crate::s3::S3Timeouts;
 
 /// The bucket holding every zone (`landing/`, `raw/`, `clean/`, `curated/`, `reports/`). Required by
 /// the four stage functions; optional for the trigger, which then ignores other buckets' events.
@@ -33,6 +36,15 @@ pub const ENV_DB_CA_FILE: &str = "TRIPFLOW_DB_CA_FILE";
 pub const ENV_GLUE_DATABASE: &str = "TRIPFLOW_GLUE_DATABASE";
 /// Glue table over `curated/<dataset>/` (the crawler names it after the folder, e.g. `yellow`).
 pub const ENV_GLUE_CURATED_TABLE: &str = "TRIPFLOW_GLUE_CURATED_TABLE";
+
+/// Seconds the S3 client waits to open a connection (TCP and TLS). Default 5.
+pub const ENV_S3_CONNECT_TIMEOUT_S: &str = "TRIPFLOW_S3_CONNECT_TIMEOUT_S";
+/// Seconds the S3 client waits from sending a request (an 8 MiB part included) to the first byte of
+/// the answer. Default 60.
+pub const ENV_S3_READ_TIMEOUT_S: &str = "TRIPFLOW_S3_READ_TIMEOUT_S";
+/// Seconds one attempt of an S3 operation may take, up to its response; the SDK retries a timed-out
+/// attempt (3 attempts in all) before the function fails with `Timeout`. Default 120.
+pub const ENV_S3_ATTEMPT_TIMEOUT_S: &str = "TRIPFLOW_S3_ATTEMPT_TIMEOUT_S";
 
 pub const DEFAULT_DB_PORT: u16 = 5432;
 pub const DEFAULT_DB_NAME: &str = "postgres";
@@ -75,11 +87,30 @@ fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// The `TRIPFLOW_S3_*_TIMEOUT_S` variables; unset ones keep their defaults.
+pub fn s3_timeouts(lookup: Lookup<'_>) -> Result<S3Timeouts, ConfigError> {
+    let mut timeouts = S3Timeouts::default();
+    for (name, slot) in [
+        (ENV_S3_CONNECT_TIMEOUT_S, &mut timeouts.connect_s),
+        (ENV_S3_READ_TIMEOUT_S, &mut timeouts.read_s),
+        (ENV_S3_ATTEMPT_TIMEOUT_S, &mut timeouts.attempt_s),
+    ] {
+        if let Some(raw) = get(lookup, name) {
+            *slot = tripflow::config::parse_timeout_s(&raw).ok_or_else(|| ConfigError::Malformed {
+                name,
+                problem: format!("{raw:?}: expected a number of seconds above 0 and at most 86400"),
+            })?;
+        }
+    }
+    Ok(timeouts)
+}
+
 /// What the ingest, clean and transform functions need.
 #[derive(Debug, Clone)]
 pub struct StageEnv {
     pub bucket: String,
     pub pipeline: PipelineConfig,
+    pub s3_timeouts: S3Timeouts,
 }
 
 impl StageEnv {
@@ -90,7 +121,11 @@ impl StageEnv {
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let bucket = required(lookup, ENV_BUCKET, "the bucket that holds the pipeline's zones")?;
         let pipeline = PipelineConfig::from_lookup(|name| get(lookup, name))?;
-        Ok(StageEnv { bucket, pipeline })
+        Ok(StageEnv {
+            bucket,
+            pipeline,
+            s3_timeouts: s3_timeouts(lookup)?,
+        })
     }
 }
 
@@ -100,6 +135,7 @@ pub struct TriggerEnv {
     pub state_machine_arn: String,
     /// When set, events about other buckets are skipped.
     pub bucket: Option<String>,
+    pub s3_timeouts: S3Timeouts,
 }
 
 impl TriggerEnv {
@@ -122,6 +158,7 @@ impl TriggerEnv {
         Ok(TriggerEnv {
             state_machine_arn,
             bucket: get(lookup, ENV_BUCKET),
+            s3_timeouts: s3_timeouts(lookup)?,
         })
     }
 }
@@ -306,6 +343,34 @@ mod tests {
     }
 
     const SECRET: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:tripflow-db-AbCdEf";
+
+    #[test]
+    fn s3_timeouts_have_defaults_and_a_bad_one_fails_naming_its_variable() {
+        let env = StageEnv::from_lookup(&vars(&[(ENV_BUCKET, "b")])).unwrap();
+        assert_eq!(env.s3_timeouts, S3Timeouts::default());
+        let env = StageEnv::from_lookup(&vars(&[(ENV_BUCKET, "b"), (ENV_S3_READ_TIMEOUT_S, "7.5")])).unwrap();
+        assert_eq!(env.s3_timeouts.read_s, 7.5);
+        for name in [
+            ENV_S3_CONNECT_TIMEOUT_S,
+            ENV_S3_READ_TIMEOUT_S,
+            ENV_S3_ATTEMPT_TIMEOUT_S,
+        ] {
+            let err = StageEnv::from_lookup(&vars(&[(ENV_BUCKET, "b"), (name, "0")])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+            let arn = "arn:aws:states:us-east-1:123456789012:stateMachine:tripflow";
+            let err = TriggerEnv::from_lookup(&vars(&[(ENV_STATE_MACHINE_ARN, arn), (name, "soon")])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        let err = StageEnv::from_lookup(&vars(&[
+            (ENV_BUCKET, "b"),
+            (tripflow::config::ENV_HTTP_READ_TIMEOUT_S, "x"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(tripflow::config::ENV_HTTP_READ_TIMEOUT_S),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_stage_function_without_its_bucket_fails_naming_the_variable() {

@@ -66,7 +66,7 @@ impl StageState {
     }
 
     pub fn from_parts(sdk: &aws_config::SdkConfig, env: StageEnv) -> Self {
-        let store = S3Store::new(s3_client(sdk), env.bucket);
+        let store = S3Store::new(s3_client(sdk, &env.s3_timeouts), env.bucket);
         StageState::new(StageContext::new(Arc::new(store), env.pipeline))
     }
 }
@@ -125,13 +125,22 @@ impl LoadState {
         let db = Database::open_with(env.db, env.ca_file.as_deref(), Some(sdk), env.db_settings).await?;
         let catalog = env
             .glue
-            .map(|table| CatalogCheck::new(aws_sdk_glue::Client::new(sdk), table));
+            .map(|table| CatalogCheck::new(glue_client(sdk, &env.stage.s3_timeouts), table));
         Ok(LoadState {
             stage: StageState::from_parts(sdk, env.stage),
             db,
             catalog,
         })
     }
+}
+
+/// A Glue client with the same waits as S3 (`TRIPFLOW_S3_*_TIMEOUT_S`): the catalog check must not
+/// hang the load either.
+pub fn glue_client(sdk: &aws_config::SdkConfig, timeouts: &crate::s3::S3Timeouts) -> aws_sdk_glue::Client {
+    let config = aws_sdk_glue::config::Builder::from(sdk)
+        .timeout_config(timeouts.config())
+        .build();
+    aws_sdk_glue::Client::from_conf(config)
 }
 
 pub async fn handle_load(state: &LoadState, input: LoadInput) -> Result<LoadOutput, Diagnostic> {
@@ -165,7 +174,7 @@ impl TriggerState {
     pub fn from_parts(sdk: &aws_config::SdkConfig, env: TriggerEnv) -> Self {
         TriggerState {
             trigger: Trigger {
-                s3: s3_client(sdk),
+                s3: s3_client(sdk, &env.s3_timeouts),
                 sfn: aws_sdk_sfn::Client::new(sdk),
                 state_machine_arn: env.state_machine_arn,
                 bucket: env.bucket,

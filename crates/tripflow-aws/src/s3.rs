@@ -58,38 +58,88 @@ impl S3Store {
     }
 }
 
-/// An S3 client for `sdk`. Path-style addressing when an endpoint URL is set (moto, LocalStack and
-/// other stand-ins do not serve `bucket.host` names). Checksums only where S3 requires them: we send
-/// `Content-MD5` ourselves, and the SDK's default CRC32 on every upload part would make multipart
-/// completion demand per-part checksums that we do not track.
-pub fn s3_client(sdk: &aws_config::SdkConfig) -> Client {
+/// How long the S3 client waits, in seconds (`TRIPFLOW_S3_*_TIMEOUT_S`, read by [`crate::env`]).
+/// Body streaming after the response has begun is guarded by the SDK's stalled-stream protection
+/// (on by default), not by these.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct S3Timeouts {
+    /// Opening a connection (TCP and TLS).
+    pub connect_s: f64,
+    /// From sending a request to the first byte of its response (includes sending an 8 MiB part).
+    pub read_s: f64,
+    /// One attempt of an operation, start to response; the SDK retries a timed-out attempt.
+    pub attempt_s: f64,
+}
+
+pub const DEFAULT_S3_CONNECT_TIMEOUT_S: f64 = 5.0;
+pub const DEFAULT_S3_READ_TIMEOUT_S: f64 = 60.0;
+pub const DEFAULT_S3_ATTEMPT_TIMEOUT_S: f64 = 120.0;
+
+impl Default for S3Timeouts {
+    fn default() -> Self {
+        S3Timeouts {
+            connect_s: DEFAULT_S3_CONNECT_TIMEOUT_S,
+            read_s: DEFAULT_S3_READ_TIMEOUT_S,
+            attempt_s: DEFAULT_S3_ATTEMPT_TIMEOUT_S,
+        }
+    }
+}
+
+impl S3Timeouts {
+    pub fn config(&self) -> aws_smithy_types::timeout::TimeoutConfig {
+        use std::time::Duration;
+        aws_smithy_types::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs_f64(self.connect_s))
+            .read_timeout(Duration::from_secs_f64(self.read_s))
+            .operation_attempt_timeout(Duration::from_secs_f64(self.attempt_s))
+            .build()
+    }
+}
+
+/// An S3 client for `sdk`, with `timeouts`. Path-style addressing when an endpoint URL is set
+/// (moto, LocalStack and other stand-ins do not serve `bucket.host` names). Checksums only where S3
+/// requires them: we send `Content-MD5` ourselves, and the SDK's default CRC32 on every upload part
+/// would make multipart completion demand per-part checksums that we do not track.
+pub fn s3_client(sdk: &aws_config::SdkConfig, timeouts: &S3Timeouts) -> Client {
     use aws_sdk_s3::config::{Builder, RequestChecksumCalculation};
     let custom_endpoint = sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
     let config = Builder::from(sdk)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .force_path_style(custom_endpoint)
+        .timeout_config(timeouts.config())
         .build();
     Client::from_conf(config)
 }
 
-/// Maps an S3 SDK error to the pipeline's error: transient failures are `StorageUnavailable`
-/// (retried by the state machine), a missing key `ObjectNotFound`, a refusal (access denied, missing
-/// bucket, bad request) `InvalidInput`, which no retry will fix.
-pub(crate) fn s3_error<E>(action: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> Error
+/// Maps an S3 SDK error to the pipeline's error: a timeout is `Timeout` naming what timed out,
+/// other transient failures `StorageUnavailable` (both retried by the state machine); a refusal
+/// (access denied, 403, a missing bucket) `StorageRefused`, a missing key `ObjectNotFound`, any other
+/// rejected request `InvalidInput`: no retry fixes those. `client` supplies the configured timeouts.
+pub(crate) fn s3_error<E>(client: &Client, action: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let detail = sdk_error::describe(&err);
-    let code = sdk_error::code(&err);
+    if let Some(kind) = sdk_error::timed_out(&err) {
+        let (waiting, after_s) = kind.limit(client.config().timeout_config());
+        return Error::Timeout {
+            what: format!("{waiting} to S3 for {action} {key} ({detail})"),
+            after_s,
+        };
+    }
+    if sdk_error::refused(&err) {
+        return Error::StorageRefused {
+            action,
+            key: key.to_string(),
+            detail,
+        };
+    }
     match sdk_error::classify(&err) {
         Class::Transient => Error::StorageUnavailable {
             action,
             key: key.to_string(),
             detail,
         },
-        Class::NotFound if code.as_deref() == Some("NoSuchBucket") => {
-            Error::InvalidInput(format!("{action} {key}: the bucket does not exist ({detail})"))
-        }
         Class::NotFound => Error::ObjectNotFound { key: key.to_string() },
         Class::Rejected => Error::InvalidInput(format!("{action} {key} refused by S3: {detail}")),
     }
@@ -122,7 +172,7 @@ impl ObjectStore for S3Store {
             Ok(head) => Ok(Some(
                 head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
             )),
-            Err(err) => match s3_error("inspecting", key, err) {
+            Err(err) => match s3_error(&self.client, "inspecting", key, err) {
                 Error::ObjectNotFound { .. } => Ok(None),
                 other => Err(other),
             },
@@ -137,7 +187,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| s3_error("reading", key, e))?;
+            .map_err(|e| s3_error(&self.client, "reading", key, e))?;
         let stream = futures::stream::try_unfold((object.body, key.to_string()), |(mut body, key)| async move {
             match body.try_next().await {
                 Ok(Some(chunk)) => Ok(Some((chunk, (body, key)))),
@@ -177,7 +227,7 @@ impl ObjectStore for S3Store {
         {
             Ok(object) => object,
             Err(err) if sdk_error::status(&err) == Some(416) => return Err(short(0)),
-            Err(err) => return Err(s3_error("reading a range of", key, err)),
+            Err(err) => return Err(s3_error(&self.client, "reading a range of", key, err)),
         };
         let body = object.body.collect().await.map_err(|e| Error::StorageUnavailable {
             action: "reading a range of",
@@ -212,7 +262,7 @@ impl ObjectStore for S3Store {
             .send();
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| s3_error("listing", prefix, e))?;
+            let page = page.map_err(|e| s3_error(&self.client, "listing", prefix, e))?;
             keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
         }
         keys.sort();
@@ -222,7 +272,7 @@ impl ObjectStore for S3Store {
     async fn delete(&self, key: &str) -> Result<()> {
         match self.client.delete_object().bucket(&self.bucket).key(key).send().await {
             Ok(_) => Ok(()),
-            Err(err) => match s3_error("deleting", key, err) {
+            Err(err) => match s3_error(&self.client, "deleting", key, err) {
                 Error::ObjectNotFound { .. } => Ok(()),
                 other => Err(other),
             },
@@ -259,7 +309,7 @@ impl S3Sink {
             .key(&self.key)
             .send()
             .await
-            .map_err(|e| s3_error("starting the upload of", &self.key, e))?;
+            .map_err(|e| s3_error(&self.client, "starting the upload of", &self.key, e))?;
         let upload_id = created
             .upload_id()
             .map(str::to_string)
@@ -299,7 +349,7 @@ impl S3Sink {
             .body(SdkByteStream::from(body))
             .send()
             .await
-            .map_err(|e| s3_error("uploading a part of", &self.key, e))?;
+            .map_err(|e| s3_error(&self.client, "uploading a part of", &self.key, e))?;
         upload.parts.push(
             CompletedPart::builder()
                 .part_number(part_number)
@@ -329,7 +379,7 @@ impl S3Sink {
             .upload_id(&upload.upload_id)
             .send()
             .await
-            .map_err(|e| s3_error("aborting the upload of", &self.key, e))?;
+            .map_err(|e| s3_error(&self.client, "aborting the upload of", &self.key, e))?;
         debug!(key = %self.key, upload_id = %upload.upload_id, "multipart upload aborted");
         Ok(())
     }
@@ -346,7 +396,7 @@ impl S3Sink {
             .body(SdkByteStream::from(body))
             .send()
             .await
-            .map_err(|e| s3_error("writing", &self.key, e))?;
+            .map_err(|e| s3_error(&self.client, "writing", &self.key, e))?;
         Ok(())
     }
 
@@ -373,7 +423,7 @@ impl S3Sink {
             )
             .send()
             .await
-            .map_err(|e| s3_error("completing the upload of", &self.key, e))?;
+            .map_err(|e| s3_error(&self.client, "completing the upload of", &self.key, e))?;
         // Completed: nothing left to abort, and the object is now visible.
         self.upload = None;
         if size > COPY_OBJECT_LIMIT {
@@ -394,7 +444,7 @@ impl S3Sink {
             .await;
         if let Err(err) = copied {
             // All-or-nothing: an object without its MD5 is not what `finish` promises.
-            let err = s3_error("recording the MD5 of", &self.key, err);
+            let err = s3_error(&self.client, "recording the MD5 of", &self.key, err);
             if let Err(cleanup) = self
                 .client
                 .delete_object()

@@ -66,17 +66,77 @@ pub(crate) fn classify_service(code: Option<&str>, status: u16) -> Class {
     }
 }
 
+/// Codes that mean the service refused us for who we are or where we pointed it: permissions, a
+/// missing or disabled bucket, bad credentials. A deployment problem; no retry fixes it.
+const REFUSED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoSuchBucket",
+];
+
+/// Whether the service refused the caller (403, or one of [`REFUSED_CODES`]).
+pub(crate) fn refused<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::ServiceError(service) => refused_service(service.err().code(), service.raw().status().as_u16()),
+        _ => false,
+    }
+}
+
+pub(crate) fn refused_service(code: Option<&str>, status: u16) -> bool {
+    status == 403 || code.is_some_and(|c| REFUSED_CODES.contains(&c))
+}
+
+/// Which configured wait ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimedOut {
+    /// Opening the connection (TCP and TLS).
+    Connect,
+    /// Waiting for the response after the request was sent.
+    Read,
+    /// One whole attempt of the operation.
+    Attempt,
+}
+
+impl TimedOut {
+    /// What was waited for, in words, and the limit configured for it.
+    pub(crate) fn limit(self, config: Option<&aws_smithy_types::timeout::TimeoutConfig>) -> (&'static str, f64) {
+        let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        match self {
+            TimedOut::Connect => ("connecting", secs(config.and_then(|c| c.connect_timeout()))),
+            TimedOut::Read => ("waiting for an answer", secs(config.and_then(|c| c.read_timeout()))),
+            TimedOut::Attempt => ("one attempt", secs(config.and_then(|c| c.operation_attempt_timeout()))),
+        }
+    }
+}
+
+/// Whether the SDK gave up waiting, and on what. The operation and attempt timeouts surface as
+/// `TimeoutError`; the connector's connect and read timeouts as a dispatch failure whose connector
+/// error is a timeout, told apart by its message (smithy says "HTTP connect timeout occurred").
+pub(crate) fn timed_out<E>(err: &SdkError<E, HttpResponse>) -> Option<TimedOut>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::TimeoutError(_) => Some(TimedOut::Attempt),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            let text = DisplayErrorContext(err).to_string().to_ascii_lowercase();
+            Some(if text.contains("connect timeout") {
+                TimedOut::Connect
+            } else {
+                TimedOut::Read
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The HTTP status of a service error, if the service answered at all.
 pub(crate) fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
-}
-
-/// The error's code (`AccessDenied`, `NoSuchBucket`, ...), when the service sent one.
-pub(crate) fn code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<String> {
-    match err {
-        SdkError::ServiceError(service) => service.err().code().map(str::to_string),
-        _ => None,
-    }
 }
 
 /// One line for logs and error messages. A service error as status, code, message and request id
@@ -125,5 +185,14 @@ mod tests {
         assert_eq!(classify_service(Some("EntityNotFoundException"), 400), Class::NotFound);
         assert_eq!(classify_service(Some("AccessDenied"), 403), Class::Rejected);
         assert_eq!(classify_service(Some("InvalidArgument"), 400), Class::Rejected);
+    }
+
+    #[test]
+    fn access_denied_missing_buckets_and_403_are_refusals() {
+        assert!(refused_service(Some("AccessDenied"), 403));
+        assert!(refused_service(None, 403));
+        assert!(refused_service(Some("NoSuchBucket"), 404));
+        assert!(!refused_service(Some("NoSuchKey"), 404));
+        assert!(!refused_service(Some("SlowDown"), 503));
     }
 }

@@ -294,7 +294,7 @@ impl Trigger {
                 server_side_encryption: head.server_side_encryption().map(|s| s.as_str().to_string()),
                 customer_key: head.sse_customer_algorithm().is_some(),
             })),
-            Err(err) => match crate::s3::s3_error("inspecting", &object.key, err) {
+            Err(err) => match crate::s3::s3_error(&self.s3, "inspecting", &object.key, err) {
                 Error::ObjectNotFound { .. } => Ok(None),
                 other => Err(other.into()),
             },

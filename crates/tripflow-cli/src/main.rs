@@ -80,6 +80,9 @@ struct RunArgs {
     /// current version; without it such a run fails with SuspiciousShrink and changes nothing.
     #[arg(long)]
     allow_shrink: bool,
+    /// Fetch a plain http:// SOURCE (refused by default: nothing vouches for bytes sent without TLS).
+    #[arg(long)]
+    allow_http: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -223,6 +226,7 @@ async fn execute(command: Command) -> Result<()> {
                 expected_md5: args.md5,
                 period: args.month,
                 allow_shrink: args.allow_shrink,
+                allow_http: args.allow_http,
             };
             let summary = run(&args.place, config, input).await?;
             print_summary(&summary, args.json)

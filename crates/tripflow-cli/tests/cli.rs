@@ -115,6 +115,68 @@ fn help_describes_every_command() {
     }
     let run_help = String::from_utf8_lossy(&tripflow().args(["run", "--help"]).output().unwrap().stdout).to_string();
     assert!(run_help.contains("--md5") && run_help.contains("--month") && run_help.contains("DATABASE_URL"));
+    assert!(run_help.contains("--allow-http"), "{run_help}");
+}
+
+#[test]
+fn a_malformed_timeout_variable_fails_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tripflow()
+        .args([
+            "run",
+            "https://example.org/yellow_tripdata_2021-03.parquet",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("TRIPFLOW_HTTP_READ_TIMEOUT_S", "forever")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: InvalidInput: ") && stderr.contains("TRIPFLOW_HTTP_READ_TIMEOUT_S=\"forever\""),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_without_allow_http() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/yellow_tripdata_2021-03.parquet",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let run = |allow: bool| {
+        let mut command = tripflow();
+        command
+            .arg("run")
+            .arg(&url)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("DATABASE_URL", pg.url());
+        if allow {
+            command.arg("--allow-http");
+        }
+        command.output().unwrap()
+    };
+    let refused = run(false);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("error: InvalidInput: ") && stderr.contains("--allow-http"),
+        "{stderr}"
+    );
+    // Allowed, it is fetched: nothing listens, so the sidecar's URL is what failed, with its cause.
+    let fetched = run(true);
+    let stderr = String::from_utf8_lossy(&fetched.stderr);
+    assert!(
+        stderr.contains("error: SourceUnavailable: ") && stderr.contains(".parquet.md5"),
+        "{stderr}"
+    );
 }
 
 /// A `tripflow run` in progress, with the rest of its log collected in the background (so the child

@@ -20,6 +20,11 @@ pub const ENV_MAX_SPEED_MPH: &str = "TRIPFLOW_MAX_SPEED_MPH";
 /// A new version of a month that keeps fewer rows than this share of the current version's is
 /// refused as `SuspiciousShrink` unless the run allows it (0.0-1.0; 0 turns the guard off).
 pub const ENV_MIN_KEPT_SHARE: &str = "TRIPFLOW_MIN_KEPT_SHARE";
+/// Seconds to wait for the HTTPS source's TCP connection and TLS handshake.
+pub const ENV_HTTP_CONNECT_TIMEOUT_S: &str = "TRIPFLOW_HTTP_CONNECT_TIMEOUT_S";
+/// Seconds the HTTPS source may stay silent: for the response headers, and between body chunks.
+/// Not a limit on the whole download, which may take long for a large file on a slow link.
+pub const ENV_HTTP_READ_TIMEOUT_S: &str = "TRIPFLOW_HTTP_READ_TIMEOUT_S";
 /// PostgreSQL connection URL (`postgres://user:pass@host:5432/db?sslmode=require`).
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
 /// Seconds PostgreSQL lets one statement run (`statement_timeout`) before cancelling it as `Timeout`.
@@ -37,6 +42,8 @@ pub const DEFAULT_WRITE_BUFFER_MB: usize = 64;
 pub const DEFAULT_MAX_TRIP_HOURS: f64 = 24.0;
 pub const DEFAULT_MAX_SPEED_MPH: f64 = 100.0;
 pub const DEFAULT_MIN_KEPT_SHARE: f64 = 0.5;
+pub const DEFAULT_HTTP_CONNECT_TIMEOUT_S: f64 = 10.0;
+pub const DEFAULT_HTTP_READ_TIMEOUT_S: f64 = 60.0;
 /// Rows per written row group: large enough for good compression, small enough for a Lambda.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 /// A full month's COPY, index build and ANALYZE take seconds; a quarter of an hour is a hung statement.
@@ -54,6 +61,10 @@ pub struct PipelineConfig {
     pub row_group_rows: usize,
     pub rules: RuleLimits,
     pub min_kept_share: f64,
+    /// `TRIPFLOW_HTTP_CONNECT_TIMEOUT_S`, in seconds.
+    pub http_connect_timeout_s: f64,
+    /// `TRIPFLOW_HTTP_READ_TIMEOUT_S`, in seconds.
+    pub http_read_timeout_s: f64,
 }
 
 /// The thresholds of clean's plausibility rules.
@@ -81,6 +92,8 @@ impl Default for PipelineConfig {
             row_group_rows: ROW_GROUP_ROWS,
             rules: RuleLimits::default(),
             min_kept_share: DEFAULT_MIN_KEPT_SHARE,
+            http_connect_timeout_s: DEFAULT_HTTP_CONNECT_TIMEOUT_S,
+            http_read_timeout_s: DEFAULT_HTTP_READ_TIMEOUT_S,
         }
     }
 }
@@ -121,6 +134,12 @@ impl PipelineConfig {
             config.min_kept_share = parse_ratio(&raw).ok_or_else(|| {
                 Error::InvalidInput(format!("{ENV_MIN_KEPT_SHARE}={raw:?}: expected a number from 0 to 1"))
             })?;
+        }
+        if let Some(raw) = lookup(ENV_HTTP_CONNECT_TIMEOUT_S) {
+            config.http_connect_timeout_s = parse_timeout_var(ENV_HTTP_CONNECT_TIMEOUT_S, &raw)?;
+        }
+        if let Some(raw) = lookup(ENV_HTTP_READ_TIMEOUT_S) {
+            config.http_read_timeout_s = parse_timeout_var(ENV_HTTP_READ_TIMEOUT_S, &raw)?;
         }
         Ok(config)
     }
@@ -182,6 +201,24 @@ impl DbSettings {
             lock_timeout: seconds(ENV_DB_LOCK_TIMEOUT_S, defaults.lock_timeout)?,
         })
     }
+}
+
+/// Seconds for a timeout: a finite number above zero and at most a day (zero would never wait,
+/// and "no timeout" is what the variables exist to prevent).
+pub fn parse_timeout_s(raw: &str) -> Option<f64> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+}
+
+/// [`parse_timeout_s`], failing with `InvalidInput` naming the variable.
+pub fn parse_timeout_var(name: &str, raw: &str) -> Result<f64> {
+    parse_timeout_s(raw).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "{name}={raw:?}: expected a number of seconds above 0 and at most 86400"
+        ))
+    })
 }
 
 pub fn parse_ratio(raw: &str) -> Option<f64> {
@@ -306,6 +343,24 @@ mod tests {
             let err = DbSettings::from_lookup(|n| (n == ENV_DB_CONNECT_TIMEOUT_S).then(|| bad.into())).unwrap_err();
             assert_eq!(err.name(), "InvalidInput");
             assert!(err.to_string().contains(ENV_DB_CONNECT_TIMEOUT_S), "{err}");
+        }
+    }
+
+    #[test]
+    fn http_timeouts_default_to_10_and_60_seconds_and_a_bad_one_fails_naming_its_variable() {
+        let config = PipelineConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(
+            (config.http_connect_timeout_s, config.http_read_timeout_s),
+            (10.0, 60.0)
+        );
+        let config = PipelineConfig::from_lookup(|n| (n == ENV_HTTP_READ_TIMEOUT_S).then(|| "2.5".into())).unwrap();
+        assert_eq!(config.http_read_timeout_s, 2.5);
+        for bad in ["0", "-1", "ten", "inf", "NaN", ""] {
+            for name in [ENV_HTTP_CONNECT_TIMEOUT_S, ENV_HTTP_READ_TIMEOUT_S] {
+                let err = PipelineConfig::from_lookup(|n| (n == name).then(|| bad.into())).unwrap_err();
+                assert_eq!(err.name(), "InvalidInput");
+                assert!(err.to_string().contains(name), "{err}");
+            }
         }
     }
 }

@@ -23,9 +23,26 @@ pub enum Error {
     #[error("{key} is not a Parquet file: {detail}")]
     NotParquet { key: String, detail: String },
 
-    /// The object starts like Parquet but its footer is missing or unreadable (cut-off upload).
-    #[error("{key} is a truncated or corrupt Parquet file: {detail}")]
+    /// The object starts like Parquet but its end magic or its footer is missing or unreadable
+    /// (a cut-off upload).
+    #[error("{key} is a truncated Parquet file: {detail}")]
     TruncatedParquet { key: String, detail: String },
+
+    /// The source's footer is fine but a page inside it is damaged: a data-page CRC that does not
+    /// match, or a page that does not decode. Found by clean, the first stage that decodes every
+    /// page; nothing downstream is changed. (The same damage inside our own zones is `IntegrityError`.)
+    #[error("{key} is corrupt: {detail}")]
+    CorruptSource { key: String, detail: String },
+
+    /// The source is beyond a limit the pipeline sets (its footer is larger than ingest keeps while
+    /// streaming). Not damage: the limit and the size found are in the message.
+    #[error("{key} is too large to ingest: {detail}")]
+    SourceTooLarge { key: String, detail: String },
+
+    /// Encoding a Parquet file failed (not the store under it, which reports its own errors).
+    /// A bug or an unwritable batch; a retry would fail the same way.
+    #[error("writing Parquet {key} failed: {detail}")]
+    ParquetWriteFailed { key: String, detail: String },
 
     /// Neither the file name (`yellow_tripdata_YYYY-MM`) nor the caller says which month the file holds.
     #[error(
@@ -89,6 +106,29 @@ pub enum Error {
         detail: String,
     },
 
+    /// The object store refused the request: permission denied, a read-only folder, S3
+    /// `AccessDenied`, a missing bucket. A deployment problem; retrying will not fix it.
+    #[error("storage refused {action} {key}: {detail}")]
+    StorageRefused {
+        action: &'static str,
+        key: String,
+        detail: String,
+    },
+
+    /// The Glue Data Catalog failed in a way that may pass (throttling, 5xx, network). Retryable.
+    #[error("catalog unavailable while {action} {name}: {detail}")]
+    CatalogUnavailable {
+        action: &'static str,
+        name: String,
+        detail: String,
+    },
+
+    /// A wait ran past its limit (connecting to or reading from the HTTPS source, S3 or Glue;
+    /// connecting to PostgreSQL, a statement or a lock wait). `what` names what was waited for.
+    /// Retryable: the next attempt may find the server, the network or the lock free.
+    #[error("timed out after {after_s} s while {what}")]
+    Timeout { what: String, after_s: f64 },
+
     /// The HTTPS source could not be fetched (network, 5xx). Retryable.
     #[error("source {url} unavailable: {detail}")]
     SourceUnavailable { url: String, detail: String },
@@ -105,11 +145,6 @@ pub enum Error {
     /// PostgreSQL refused a statement (constraint, permission, SQL error). Not retryable.
     #[error("database error: {0}")]
     DatabaseError(String),
-
-    /// A wait ran out of time: `what` says what was waited for (connecting to the database, a
-    /// statement, a lock). Retryable: the next attempt may find the server or the lock free.
-    #[error("timed out after {after_s} s {what}")]
-    Timeout { what: String, after_s: f64 },
 }
 
 /// What drifted: the column and what was found instead.
@@ -133,6 +168,9 @@ impl Error {
             Error::SchemaDrift(_) => "SchemaDrift",
             Error::NotParquet { .. } => "NotParquet",
             Error::TruncatedParquet { .. } => "TruncatedParquet",
+            Error::CorruptSource { .. } => "CorruptSource",
+            Error::SourceTooLarge { .. } => "SourceTooLarge",
+            Error::ParquetWriteFailed { .. } => "ParquetWriteFailed",
             Error::UnknownPeriod { .. } => "UnknownPeriod",
             Error::EmptySource { .. } => "EmptySource",
             Error::SuspiciousShrink { .. } => "SuspiciousShrink",
@@ -142,11 +180,13 @@ impl Error {
             Error::InvalidInput(_) => "InvalidInput",
             Error::ObjectNotFound { .. } => "ObjectNotFound",
             Error::StorageUnavailable { .. } => "StorageUnavailable",
+            Error::StorageRefused { .. } => "StorageRefused",
+            Error::CatalogUnavailable { .. } => "CatalogUnavailable",
+            Error::Timeout { .. } => "Timeout",
             Error::SourceUnavailable { .. } => "SourceUnavailable",
             Error::DatabaseUnavailable(_) => "DatabaseUnavailable",
             Error::DatabaseError(_) => "DatabaseError",
             Error::Interrupted { .. } => "Interrupted",
-            Error::Timeout { .. } => "Timeout",
         }
     }
 
@@ -169,6 +209,36 @@ impl Error {
             detail: err.to_string(),
         }
     }
+
+    /// A local I/O error: permission denied (a read-only or foreign folder) is `StorageRefused`,
+    /// which no retry fixes; anything else `StorageUnavailable`.
+    pub fn io(action: &'static str, key: impl Into<String>, err: std::io::Error) -> Self {
+        if err.kind() == std::io::ErrorKind::PermissionDenied || err.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+            Error::StorageRefused {
+                action,
+                key: key.into(),
+                detail: err.to_string(),
+            }
+        } else {
+            Error::storage(action, key, err)
+        }
+    }
+}
+
+/// An error and every cause under it, `: `-separated. reqwest's and hyper's `Display` say only
+/// "error sending request"; the reason (refused, reset, TLS) is further down the chain.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Every error name, for documentation and for the tests that keep the state machine in step.
@@ -177,6 +247,9 @@ pub const ERROR_NAMES: &[&str] = &[
     "SchemaDrift",
     "NotParquet",
     "TruncatedParquet",
+    "CorruptSource",
+    "SourceTooLarge",
+    "ParquetWriteFailed",
     "UnknownPeriod",
     "EmptySource",
     "SuspiciousShrink",
@@ -186,19 +259,92 @@ pub const ERROR_NAMES: &[&str] = &[
     "InvalidInput",
     "ObjectNotFound",
     "StorageUnavailable",
+    "StorageRefused",
+    "CatalogUnavailable",
+    "Timeout",
     "SourceUnavailable",
     "DatabaseUnavailable",
     "DatabaseError",
     "Interrupted",
-    "Timeout",
 ];
 
 /// The names of the errors a retry may cure: the state machine's `Retry` lists exactly these.
 pub const RETRYABLE_ERROR_NAMES: &[&str] = &[
     "StorageUnavailable",
+    "CatalogUnavailable",
+    "Timeout",
     "SourceUnavailable",
     "DatabaseUnavailable",
-    "Timeout",
 ];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_denied_is_refused_and_other_io_errors_may_pass() {
+        let denied = Error::io(
+            "writing",
+            "curated/x",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert_eq!(denied.name(), "StorageRefused");
+        assert!(!denied.is_retryable());
+        let broken = Error::io(
+            "writing",
+            "curated/x",
+            std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+        );
+        assert_eq!(broken.name(), "StorageUnavailable");
+        assert!(broken.is_retryable());
+    }
+
+    #[test]
+    fn timeouts_and_catalog_outages_are_retried_and_corruption_is_not() {
+        let timeout = Error::Timeout {
+            what: "connecting to https://example.org/x.parquet".into(),
+            after_s: 1.0,
+        };
+        assert_eq!(timeout.name(), "Timeout");
+        assert!(timeout.is_retryable());
+        assert_eq!(
+            timeout.to_string(),
+            "timed out after 1 s while connecting to https://example.org/x.parquet"
+        );
+        for name in [
+            "CorruptSource",
+            "SourceTooLarge",
+            "ParquetWriteFailed",
+            "StorageRefused",
+        ] {
+            assert!(
+                ERROR_NAMES.contains(&name) && !RETRYABLE_ERROR_NAMES.contains(&name),
+                "{name}"
+            );
+        }
+        assert!(RETRYABLE_ERROR_NAMES.contains(&"CatalogUnavailable"));
+        assert!(RETRYABLE_ERROR_NAMES.iter().all(|n| ERROR_NAMES.contains(n)));
+    }
+
+    #[test]
+    fn a_cause_chain_is_kept_without_repeating_itself() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(chain(&outer), "sending request: connection refused");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("sending request")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+}

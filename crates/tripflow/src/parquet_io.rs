@@ -70,8 +70,21 @@ impl AsyncFileReader for StoreFileReader {
     }
 }
 
-/// Checks the magic bytes at both ends and reads the footer, telling `NotParquet` from `TruncatedParquet`.
+/// Checks the magic bytes at both ends and reads the footer, telling `NotParquet` from `TruncatedParquet`
+/// (for an object of our own zones either is an `IntegrityError`: we wrote it whole).
 pub async fn read_metadata(store: &Arc<dyn ObjectStore>, key: &str) -> Result<(u64, Arc<ParquetMetaData>)> {
+    match read_footer(store, key).await {
+        Err(err @ (Error::NotParquet { .. } | Error::TruncatedParquet { .. })) if in_own_zone(key) => {
+            Err(Error::IntegrityError {
+                key: key.into(),
+                detail: err.to_string(),
+            })
+        }
+        other => other,
+    }
+}
+
+async fn read_footer(store: &Arc<dyn ObjectStore>, key: &str) -> Result<(u64, Arc<ParquetMetaData>)> {
     let size = store
         .size(key)
         .await?
@@ -101,7 +114,13 @@ pub async fn read_metadata(store: &Arc<dyn ObjectStore>, key: &str) -> Result<(u
         return Err(truncated("no PAR1 at the end: the file was cut off".into()));
     }
     let mut reader = StoreFileReader::new(store.clone(), key, size);
-    let metadata = reader.get_metadata(None).await.map_err(|e| decode_error(key, e))?;
+    let metadata = reader.get_metadata(None).await.map_err(|e| match e {
+        ParquetError::External(inner) => match inner.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => truncated(format!("unreadable footer: {other}")),
+        },
+        other => truncated(format!("unreadable footer: {other}")),
+    })?;
     Ok((size, metadata))
 }
 
@@ -115,12 +134,8 @@ pub async fn open_stream(
     let reader = StoreFileReader::new(store.clone(), key, size);
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
         reader,
-        parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new()).map_err(
-            |e| Error::TruncatedParquet {
-                key: key.into(),
-                detail: e.to_string(),
-            },
-        )?,
+        parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new())
+            .map_err(|e| damaged(key, e))?,
     );
     let builder = match columns {
         None => builder,
@@ -141,25 +156,60 @@ pub async fn open_stream(
     let stream = builder
         .with_batch_size(BATCH_ROWS)
         .build()
-        .map_err(|e| Error::TruncatedParquet {
-            key: key.into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| damaged(key, e))?;
     Ok((stream.schema().clone(), stream))
 }
 
+/// Whether `key` lies in one of the zones the pipeline itself writes (clean, quarantine, curated,
+/// reports). Damage there is ours to answer for (`IntegrityError`); damage in `landing/` or `raw/`
+/// (a byte-exact copy of the source) came with the source (`CorruptSource`).
+pub fn in_own_zone(key: &str) -> bool {
+    use crate::storage::layout::{CLEAN, CURATED, QUARANTINE, REPORTS};
+    [CLEAN, QUARANTINE, CURATED, REPORTS]
+        .iter()
+        .any(|zone| key.starts_with(zone))
+}
+
+/// The error for a Parquet object whose footer was read but whose pages do not decode (a data-page
+/// CRC mismatch, a page that does not decompress, a header that makes no sense).
+pub fn damaged(key: &str, detail: impl std::fmt::Display) -> Error {
+    if in_own_zone(key) {
+        Error::IntegrityError {
+            key: key.into(),
+            detail: format!("a page does not decode: {detail}"),
+        }
+    } else {
+        Error::CorruptSource {
+            key: key.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// Maps an error met while decoding row groups: our own store errors pass through, the rest means
-/// the file is damaged past its footer.
+/// a page of the file is damaged ([`damaged`]: `CorruptSource`, or `IntegrityError` in our zones).
 pub fn decode_error(key: &str, err: ParquetError) -> Error {
     match err {
         ParquetError::External(inner) => match inner.downcast::<Error>() {
             Ok(ours) => *ours,
-            Err(other) => Error::TruncatedParquet {
+            Err(other) => damaged(key, other),
+        },
+        other => damaged(key, other),
+    }
+}
+
+/// Maps an error met while encoding: the sink's own store errors pass through (they already say
+/// whether a retry may help); anything else is the encoder's, `ParquetWriteFailed`.
+pub fn write_error(key: &str, err: ParquetError) -> Error {
+    match err {
+        ParquetError::External(inner) => match inner.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => Error::ParquetWriteFailed {
                 key: key.into(),
                 detail: other.to_string(),
             },
         },
-        other => Error::TruncatedParquet {
+        other => Error::ParquetWriteFailed {
             key: key.into(),
             detail: other.to_string(),
         },
@@ -190,6 +240,10 @@ impl AsyncFileWriter for SinkWriter {
 
 /// Writer settings for everything the pipeline writes: zstd, statistics for Athena's pruning,
 /// row groups small enough that a writer's buffer stays within a Lambda's memory.
+///
+/// No page CRCs: parquet 60's writer cannot write them (`crc: None` in its page header, marked
+/// TODO upstream); readers verify them wherever a file has them. Our own objects are guarded
+/// instead by the MD5 each manifest records and each stage re-checks before reading.
 pub fn writer_properties(max_row_group_rows: usize) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
@@ -218,7 +272,7 @@ impl ParquetSink {
             schema,
             Some(writer_properties(max_row_group_rows)),
         )
-        .map_err(|e| Error::InvalidInput(format!("cannot write {key}: {e}")))?;
+        .map_err(|e| write_error(key, e))?;
         Ok(ParquetSink {
             key: key.to_string(),
             writer,
@@ -228,7 +282,7 @@ impl ParquetSink {
 
     pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).await.map_err(|e| decode_error(&self.key, e))
+        self.writer.write(batch).await.map_err(|e| write_error(&self.key, e))
     }
 
     /// Memory held for the current row group: encoded pages plus values not yet encoded.
@@ -238,7 +292,7 @@ impl ParquetSink {
 
     /// Ends the current row group early, to bound memory.
     pub async fn flush(&mut self) -> Result<()> {
-        self.writer.flush().await.map_err(|e| decode_error(&self.key, e))
+        self.writer.flush().await.map_err(|e| write_error(&self.key, e))
     }
 
     pub fn rows(&self) -> u64 {
@@ -250,7 +304,7 @@ impl ParquetSink {
         let rows = self.rows;
         let key = self.key;
         let mut writer = self.writer;
-        writer.finish().await.map_err(|e| decode_error(&key, e))?;
+        writer.finish().await.map_err(|e| write_error(&key, e))?;
         let mut inner = writer.into_inner();
         let sink = inner
             .sink
@@ -266,5 +320,53 @@ impl ParquetSink {
             Some(sink) => sink.abort().await,
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_page_is_the_source_s_fault_in_raw_and_ours_in_our_zones() {
+        let crc = || ParquetError::General("Page CRC checksum mismatch".into());
+        let raw = decode_error("raw/yellow/2021-03/yellow_tripdata_2021-03.parquet", crc());
+        assert_eq!(raw.name(), "CorruptSource");
+        assert!(raw.to_string().contains("CRC"), "{raw}");
+        assert_eq!(
+            decode_error("landing/yellow_tripdata_2021-03.parquet", crc()).name(),
+            "CorruptSource"
+        );
+        for key in [
+            "clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet",
+            "curated/yellow/pickup_date=2021-03-01/yellow_tripdata_2021-03.parquet",
+        ] {
+            assert_eq!(decode_error(key, crc()).name(), "IntegrityError", "{key}");
+        }
+        // The store's own errors keep their names, whoever reads.
+        let slow = Error::StorageUnavailable {
+            action: "reading",
+            key: "raw/x".into(),
+            detail: "SlowDown".into(),
+        };
+        assert_eq!(
+            decode_error("raw/x", ParquetError::External(Box::new(slow))).name(),
+            "StorageUnavailable"
+        );
+    }
+
+    #[test]
+    fn an_encoder_failure_is_a_write_failure_not_a_truncated_file() {
+        let err = write_error("clean/x", ParquetError::General("bad batch".into()));
+        assert_eq!(err.name(), "ParquetWriteFailed");
+        let refused = Error::StorageRefused {
+            action: "writing",
+            key: "clean/x".into(),
+            detail: "permission denied".into(),
+        };
+        assert_eq!(
+            write_error("clean/x", ParquetError::External(Box::new(refused))).name(),
+            "StorageRefused"
+        );
     }
 }

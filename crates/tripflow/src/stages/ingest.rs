@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -17,7 +18,7 @@ use tracing::info;
 use super::{StageContext, Verdict};
 use crate::checksum::{Md5Counter, parse_md5_hex};
 use crate::contract;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, chain};
 use crate::manifest::{Manifest, ManifestObject};
 use crate::period::{Period, TlcFileName, file_name_of, resolve_period};
 use crate::storage::local::open_file_stream;
@@ -41,6 +42,11 @@ pub struct IngestInput {
     /// output so clean, which applies the guard, sees it.
     #[serde(default)]
     pub allow_shrink: bool,
+    /// Fetch a plain `http://` source. Off by default: without TLS nothing vouches that the bytes
+    /// (and the `.md5` sidecar next to them) come from who the URL names. (`tripflow run --allow-http`;
+    /// the Lambdas refuse `http://` whatever this says.) Left out of the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +104,7 @@ impl Source {
         Ok(Source::LocalPath(PathBuf::from(raw)))
     }
 
-    async fn open(&self, store: &dyn ObjectStore, http: &reqwest::Client) -> Result<ByteStream> {
+    async fn open(&self, store: &dyn ObjectStore, http: &Http) -> Result<ByteStream> {
         match self {
             Source::StoreKey(key) => store.get(key).await,
             Source::LocalPath(path) => open_file_stream(path, &path.display().to_string()).await,
@@ -107,7 +113,7 @@ impl Source {
     }
 
     /// The `<source>.md5` sidecar's content, if there is one.
-    async fn sidecar_md5(&self, store: &dyn ObjectStore, http: &reqwest::Client) -> Result<Option<String>> {
+    async fn sidecar_md5(&self, store: &dyn ObjectStore, http: &Http) -> Result<Option<String>> {
         let text = match self {
             Source::StoreKey(key) => match get_bytes(store, &format!("{key}.md5")).await {
                 Ok(body) => Some(String::from_utf8_lossy(&body).into_owned()),
@@ -120,14 +126,20 @@ impl Source {
                 match tokio::fs::read_to_string(PathBuf::from(sidecar)).await {
                     Ok(text) => Some(text),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(Error::storage("reading", path.display().to_string(), e)),
+                    Err(e) => return Err(Error::io("reading", path.display().to_string(), e)),
                 }
             }
             Source::Url(url) => {
+                // Errors name the sidecar: it is what failed, and the main URL may be fine.
                 let sidecar = format!("{url}.md5");
-                let response = http.get(&sidecar).send().await.map_err(|e| unavailable(url, e))?;
+                let response = http
+                    .client
+                    .get(&sidecar)
+                    .send()
+                    .await
+                    .map_err(|e| http.error(&sidecar, &e))?;
                 if response.status().is_success() {
-                    Some(response.text().await.map_err(|e| unavailable(url, e))?)
+                    Some(response.text().await.map_err(|e| http.error(&sidecar, &e))?)
                 } else {
                     None
                 }
@@ -150,15 +162,77 @@ impl Source {
     }
 }
 
-fn unavailable(url: &str, err: impl std::fmt::Display) -> Error {
-    Error::SourceUnavailable {
-        url: url.to_string(),
-        detail: err.to_string(),
+/// The HTTP client for `https://` sources, built with the configured timeouts.
+struct Http {
+    client: reqwest::Client,
+    timeouts: HttpTimeouts,
+}
+
+/// The configured waits, kept to say which one ran out.
+#[derive(Debug, Clone, Copy)]
+struct HttpTimeouts {
+    connect_s: f64,
+    read_s: f64,
+}
+
+impl Http {
+    fn new(config: &crate::config::PipelineConfig, allow_http: bool) -> Result<Self> {
+        let timeouts = HttpTimeouts {
+            connect_s: config.http_connect_timeout_s,
+            read_s: config.http_read_timeout_s,
+        };
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("tripflow/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs_f64(timeouts.connect_s))
+            .read_timeout(Duration::from_secs_f64(timeouts.read_s))
+            // A redirect from https:// to http:// must not slip past the scheme check.
+            .https_only(!allow_http)
+            .build()
+            .map_err(|e| Error::InvalidInput(format!("HTTP client: {}", chain(&e))))?;
+        Ok(Http { client, timeouts })
+    }
+
+    fn error(&self, url: &str, err: &reqwest::Error) -> Error {
+        self.timeouts.error(url, err)
     }
 }
 
-async fn open_url(http: &reqwest::Client, url: &str) -> Result<ByteStream> {
-    let response = http.get(url).send().await.map_err(|e| unavailable(url, e))?;
+impl HttpTimeouts {
+    /// A timeout is `Timeout` naming the URL and which wait ran out; anything else
+    /// `SourceUnavailable` with the whole cause chain (reqwest's own text says only "error sending
+    /// request").
+    fn error(self, url: &str, err: &reqwest::Error) -> Error {
+        if err.is_timeout() {
+            let (what, after_s) = if err.is_connect() {
+                (format!("connecting to {url}"), self.connect_s)
+            } else {
+                (format!("reading from {url}"), self.read_s)
+            };
+            return Error::Timeout { what, after_s };
+        }
+        unavailable(url, chain(err))
+    }
+}
+
+fn unavailable(url: &str, detail: impl std::fmt::Display) -> Error {
+    Error::SourceUnavailable {
+        url: url.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Plain `http://` is refused unless the caller asked for it.
+fn check_scheme(url: &str, allow_http: bool) -> Result<()> {
+    if url.starts_with("http://") && !allow_http {
+        return Err(Error::InvalidInput(format!(
+            "{url}: plain http:// is not fetched; use https:// or pass --allow-http (event field allow_http)"
+        )));
+    }
+    Ok(())
+}
+
+async fn open_url(http: &Http, url: &str) -> Result<ByteStream> {
+    let response = http.client.get(url).send().await.map_err(|e| http.error(url, &e))?;
     let status = response.status();
     if status == reqwest::StatusCode::NOT_FOUND {
         return Err(Error::ObjectNotFound { key: url.to_string() });
@@ -169,8 +243,10 @@ async fn open_url(http: &reqwest::Client, url: &str) -> Result<ByteStream> {
     if !status.is_success() {
         return Err(Error::InvalidInput(format!("{url} answered HTTP {status}")));
     }
-    let url = url.to_string();
-    Ok(Box::pin(response.bytes_stream().map_err(move |e| unavailable(&url, e))))
+    let (url, timeouts) = (url.to_string(), http.timeouts);
+    Ok(Box::pin(
+        response.bytes_stream().map_err(move |e| timeouts.error(&url, &e)),
+    ))
 }
 
 /// What streaming the source taught us.
@@ -238,9 +314,10 @@ fn footer_of(key: &str, streamed: &Streamed) -> Result<ParquetMetaData> {
         )));
     }
     if footer_len + 8 > tail.len() {
-        return Err(truncated(format!(
-            "footer of {footer_len} bytes exceeds the {TAIL_BYTES}-byte limit"
-        )));
+        return Err(Error::SourceTooLarge {
+            key: key.to_string(),
+            detail: format!("its footer is {footer_len} bytes, above the limit of {TAIL_BYTES}"),
+        });
     }
     let footer = &tail[tail.len() - 8 - footer_len..tail.len() - 8];
     ParquetMetaDataReader::decode_metadata(footer).map_err(|e| truncated(format!("unreadable footer: {e}")))
@@ -258,10 +335,10 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
     let run_id = new_run_id();
     let raw_key = layout.raw_key(&run_id);
 
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("tripflow/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::InvalidInput(format!("HTTP client: {e}")))?;
+    if let Source::Url(url) = &source {
+        check_scheme(url, input.allow_http)?;
+    }
+    let http = Http::new(&ctx.config, input.allow_http)?;
     let expected_md5 = match &input.expected_md5 {
         Some(given) => Some(
             parse_md5_hex(given)
@@ -423,5 +500,37 @@ mod tests {
             tail: lying,
         };
         assert_eq!(footer_of("k", &lying).unwrap_err().name(), "TruncatedParquet");
+    }
+
+    #[test]
+    fn a_footer_beyond_the_kept_tail_is_too_large_not_truncated() {
+        let mut tail = vec![0u8; 64];
+        tail.extend_from_slice(&(TAIL_BYTES as u32 + 1).to_le_bytes());
+        tail.extend_from_slice(b"PAR1");
+        let huge = Streamed {
+            md5: String::new(),
+            size: 4 * TAIL_BYTES as u64,
+            head: b"PAR1".to_vec(),
+            tail,
+        };
+        let err = footer_of("k", &huge).unwrap_err();
+        assert_eq!(err.name(), "SourceTooLarge");
+        assert!(err.to_string().contains(&TAIL_BYTES.to_string()), "{err}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_allowed() {
+        let err = check_scheme("http://example.org/yellow_tripdata_2021-03.parquet", false).unwrap_err();
+        assert_eq!(err.name(), "InvalidInput");
+        assert!(err.to_string().contains("--allow-http"), "{err}");
+        assert!(check_scheme("http://example.org/x.parquet", true).is_ok());
+        assert!(check_scheme("https://example.org/x.parquet", false).is_ok());
+    }
+
+    #[test]
+    fn allow_http_defaults_to_false_in_events() {
+        let input: IngestInput =
+            serde_json::from_str(r#"{"source": "landing/yellow_tripdata_2021-03.parquet"}"#).unwrap();
+        assert!(!input.allow_http);
     }
 }

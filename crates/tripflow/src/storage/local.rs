@@ -29,10 +29,10 @@ impl LocalStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(root.join(STAGING_DIR))
-            .map_err(|e| Error::storage("creating", root.display().to_string(), e))?;
+            .map_err(|e| Error::io("creating", root.display().to_string(), e))?;
         let root = root
             .canonicalize()
-            .map_err(|e| Error::storage("opening", root.display().to_string(), e))?;
+            .map_err(|e| Error::io("opening", root.display().to_string(), e))?;
         let removed = remove_abandoned_staging(&root.join(STAGING_DIR));
         if removed > 0 {
             tracing::info!(removed, "removed partial writes left by processes that were killed");
@@ -86,7 +86,7 @@ fn not_found_or(err: std::io::Error, action: &'static str, key: &str) -> Error {
     if err.kind() == ErrorKind::NotFound {
         Error::ObjectNotFound { key: key.to_string() }
     } else {
-        Error::storage(action, key, err)
+        Error::io(action, key, err)
     }
 }
 
@@ -101,7 +101,7 @@ pub(crate) async fn open_file_stream(path: &Path, name: &str) -> Result<ByteStre
         let read = file
             .read(&mut buf)
             .await
-            .map_err(|e| Error::storage("reading", name.clone(), e))?;
+            .map_err(|e| Error::io("reading", name.clone(), e))?;
         if read == 0 {
             return Ok(None);
         }
@@ -122,7 +122,7 @@ impl ObjectStore for LocalStore {
             Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::storage("inspecting", key, e)),
+            Err(e) => Err(Error::io("inspecting", key, e)),
         }
     }
 
@@ -136,13 +136,22 @@ impl ObjectStore for LocalStore {
             .map_err(|e| not_found_or(e, "reading", key))?;
         file.seek(std::io::SeekFrom::Start(range.start))
             .await
-            .map_err(|e| Error::storage("seeking", key, e))?;
+            .map_err(|e| Error::io("seeking", key, e))?;
         let len = usize::try_from(range.end.saturating_sub(range.start))
             .map_err(|_| Error::InvalidInput(format!("range {range:?} too large")))?;
         let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf)
-            .await
-            .map_err(|e| Error::storage("reading range of", key, e))?;
+        file.read_exact(&mut buf).await.map_err(|e| match e.kind() {
+            // The same error S3 gives for a short range: the object is shorter than its reader was
+            // told (by a footer or a manifest), which no retry changes.
+            ErrorKind::UnexpectedEof => Error::IntegrityError {
+                key: key.to_string(),
+                detail: format!(
+                    "asked for bytes {}..{}: the object is shorter than its reader was told",
+                    range.start, range.end
+                ),
+            },
+            _ => Error::io("reading range of", key, e),
+        })?;
         Ok(Bytes::from(buf))
     }
 
@@ -157,7 +166,7 @@ impl ObjectStore for LocalStore {
         ));
         let file = fs::File::create(&staging)
             .await
-            .map_err(|e| Error::storage("creating", key, e))?;
+            .map_err(|e| Error::io("creating", key, e))?;
         Ok(Box::new(LocalSink {
             key: key.to_string(),
             target,
@@ -181,12 +190,12 @@ impl ObjectStore for LocalStore {
             let mut entries = match fs::read_dir(&dir).await {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::storage("listing", prefix, e)),
+                Err(e) => return Err(Error::io("listing", prefix, e)),
             };
             while let Some(entry) = entries
                 .next_entry()
                 .await
-                .map_err(|e| Error::storage("listing", prefix, e))?
+                .map_err(|e| Error::io("listing", prefix, e))?
             {
                 let path = entry.path();
                 let Ok(relative) = path.strip_prefix(&self.root) else {
@@ -196,10 +205,7 @@ impl ObjectStore for LocalStore {
                 if key.starts_with(STAGING_DIR) {
                     continue;
                 }
-                let file_type = entry
-                    .file_type()
-                    .await
-                    .map_err(|e| Error::storage("listing", prefix, e))?;
+                let file_type = entry.file_type().await.map_err(|e| Error::io("listing", prefix, e))?;
                 if file_type.is_dir() {
                     if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) {
                         pending.push(path);
@@ -217,7 +223,7 @@ impl ObjectStore for LocalStore {
         match fs::remove_file(self.path_of(key)?).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::storage("deleting", key, e)),
+            Err(e) => Err(Error::io("deleting", key, e)),
         }
     }
 }
@@ -237,7 +243,7 @@ impl ObjectSink for LocalSink {
         self.file
             .write_all(&chunk)
             .await
-            .map_err(|e| Error::storage("writing", self.key.clone(), e))
+            .map_err(|e| Error::io("writing", self.key.clone(), e))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
@@ -253,7 +259,7 @@ impl ObjectSink for LocalSink {
         };
         if let Err(e) = publish.await {
             let _ = fs::remove_file(&self.staging).await;
-            return Err(Error::storage("publishing", key, e));
+            return Err(Error::io("publishing", key, e));
         }
         let size_bytes = self.md5.bytes();
         Ok(ObjectInfo {
@@ -265,7 +271,7 @@ impl ObjectSink for LocalSink {
 
     async fn abort(self: Box<Self>) -> Result<()> {
         match fs::remove_file(&self.staging).await {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::storage("aborting", self.key.clone(), e)),
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io("aborting", self.key.clone(), e)),
             _ => Ok(()),
         }
     }
@@ -345,5 +351,17 @@ mod tests {
         assert!(store.path_of("../etc/passwd").is_err());
         store.delete("raw/x").await.unwrap();
         store.delete("raw/x").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_range_past_the_end_is_an_integrity_error_as_on_s3() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        put_bytes(&store, "clean/x", Bytes::from_static(b"0123456789"))
+            .await
+            .unwrap();
+        let err = store.get_range("clean/x", 8..16).await.unwrap_err();
+        assert_eq!(err.name(), "IntegrityError", "{err}");
+        assert!(err.to_string().contains("8..16"), "{err}");
     }
 }
