@@ -16,7 +16,6 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRe
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tripflow::config::PipelineConfig;
-use tripflow::generator::{GenSpec, write_month};
 use tripflow::stages::ingest::IngestInput;
 use tripflow_tests::expected::expected_from_file;
 use tripflow_tests::local::Setup;
@@ -30,18 +29,9 @@ struct Month {
 }
 
 impl Month {
-    fn generate(dir: &Path, month: &str, rows: usize, seed: u64) -> Self {
-        let path = dir.join(format!("generated_{month}_{seed}.parquet"));
-        write_month(
-            &path,
-            GenSpec {
-                period: month.parse().unwrap(),
-                rows,
-                seed,
-            },
-        )
-        .unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+    /// Reads a month written by the generator (`Setup::generate`).
+    fn read(path: &Path) -> Self {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
             .unwrap()
             .build()
             .unwrap();
@@ -159,8 +149,8 @@ async fn every_refused_input_fails_by_name_and_changes_nothing_readers_see() {
     assert_eq!(before.trips.len(), 1);
 
     let work = setup.dir.path().join("cases");
-    let month = Month::generate(&work, "2021-03", MONTH_ROWS, 21);
-    let april = Month::generate(&work, "2021-04", 5_000, 22);
+    let month = Month::read(&good);
+    let april = Month::read(&setup.generate("2021-04", 5_000, 22));
     let schema = month.schema.clone();
     let null_timestamps: ArrayRef = Arc::new(arrow::array::new_null_array(
         month.column("tpep_pickup_datetime").data_type(),
@@ -423,7 +413,7 @@ fn check(
 async fn absurd_rows_are_rejected_by_rule_and_the_answers_stay_right() {
     let setup = Setup::new().await;
     let work = setup.dir.path().join("cases");
-    let month = Month::generate(&work, "2021-03", MONTH_ROWS, 23);
+    let month = Month::read(&setup.generate("2021-03", MONTH_ROWS, 23));
     // One NaN distance, one 1e9-mile trip, ten 300,000-mile trips, 100 miles in a millisecond,
     // zones 0, 999 and -5: each of which alone used to poison the average or the load.
     let mut distances = vec![f64::NAN, 1e9];
@@ -488,7 +478,7 @@ async fn a_small_file_replaces_the_month_only_when_the_run_allows_it() {
     let good = setup.generate("2021-03", MONTH_ROWS, 24);
     setup.run(&good, None).await.unwrap();
     let work = setup.dir.path().join("cases");
-    let month = Month::generate(&work, "2021-03", MONTH_ROWS, 24);
+    let month = Month::read(&good);
     let small = write(&march(&work, "small"), &month.head(2_000));
 
     let refused = setup.run(&small, None).await.unwrap_err();
@@ -522,7 +512,7 @@ async fn a_refused_file_keeps_the_accepted_raw_copy_and_leaves_no_copy_of_its_ow
     let good = setup.generate("2021-03", MONTH_ROWS, 25);
     let accepted = setup.run(&good, None).await.unwrap();
     let work = setup.dir.path().join("cases");
-    let month = Month::generate(&work, "2021-03", MONTH_ROWS, 25);
+    let month = Month::read(&good);
     let tiny = write(&march(&work, "tiny"), &month.head(10));
     assert_eq!(setup.run(&tiny, None).await.unwrap_err().name(), "SuspiciousShrink");
     assert_eq!(setup.keys("raw/").await, vec![accepted.ingest.raw_key.clone()]);

@@ -421,29 +421,9 @@ async fn a_load_killed_during_its_swap_leaves_the_current_version_whole() {
     reading.query("SELECT count(*) FROM tripflow.trips", &[]).await.unwrap();
     let mut loader = setup.pg.client().await;
     let pid: i32 = loader.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    let killer = async {
-        let admin = setup.pg.client().await;
-        for _ in 0..2_000 {
-            let swapping: bool = admin
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
-                     WHERE pid = $1 AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%')",
-                    &[&pid],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if swapping {
-                admin
-                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .unwrap();
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        false
-    };
+    let killer = setup
+        .pg
+        .terminate_when(pid, "wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%'");
     let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, load_input(&summary)), killer);
     assert!(killed, "the swap was never seen waiting for its lock");
     assert_eq!(result.unwrap_err().name(), "DatabaseUnavailable");
@@ -527,28 +507,7 @@ async fn a_load_killed_during_copy_leaves_the_current_version_and_the_next_load_
     let summary = setup.run(&setup.generate("2021-03", 150_000, 61), None).await.unwrap();
     let mut loader = setup.pg.client().await;
     let pid: i32 = loader.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-    let killer = async {
-        let admin = setup.pg.client().await;
-        for _ in 0..2_000 {
-            let copying: bool = admin
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'COPY %')",
-                    &[&pid],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if copying {
-                admin
-                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .unwrap();
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        false
-    };
+    let killer = setup.pg.terminate_when(pid, "query LIKE 'COPY %'");
     let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, load_input(&summary)), killer);
     assert!(killed, "the load's COPY was never seen running");
     let err = result.unwrap_err();

@@ -59,6 +59,28 @@ impl TestPostgres {
     }
 }
 
+impl TestPostgres {
+    /// Terminates backend `pid` as soon as `pg_stat_activity` shows it in the state `condition`
+    /// describes (an SQL predicate over that view's columns): a connection cut at one exact point.
+    /// False if it was not seen there within about 10 s.
+    pub async fn terminate_when(&self, pid: i32, condition: &str) -> bool {
+        let admin = self.client().await;
+        let seen = format!("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND {condition})");
+        for _ in 0..2_000 {
+            let there: bool = admin.query_one(&seen, &[&pid]).await.expect("pg_stat_activity").get(0);
+            if there {
+                admin
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .expect("pg_terminate_backend");
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        false
+    }
+}
+
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         let _ = self.cluster.stop();

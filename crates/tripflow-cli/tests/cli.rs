@@ -50,17 +50,7 @@ async fn run_json_prints_the_documented_keys_and_the_answers() {
     }
     assert_eq!(summary["rows_in"], 20000);
     assert_eq!(summary["rows_loaded"], summary["rows_kept"]);
-    for rule in [
-        "null_timestamp",
-        "timestamp_out_of_range",
-        "non_positive_duration",
-        "outside_period",
-        "non_finite",
-        "negative_distance",
-        "location_out_of_range",
-        "implausible_duration",
-        "implausible_speed",
-    ] {
+    for rule in tripflow::stages::clean::RejectReason::ALL.map(|r| r.as_str()) {
         assert!(summary["rows_rejected"][rule].is_u64(), "missing rule {rule}");
     }
     let top = summary["weekly_top5"].as_array().unwrap();
