@@ -313,14 +313,8 @@ async fn a_database_down_at_init_fails_the_invocation_as_retryable_not_the_init(
 #[tokio::test]
 async fn a_database_that_accepts_and_never_answers_fails_the_load_as_a_timeout() {
     let world = World::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let silent = tripflow_tests::faults::Stalling::start(None).await;
+    let port = silent.addr.port();
     let env = LoadEnv {
         stage: StageEnv {
             bucket: BUCKET.into(),
@@ -350,7 +344,7 @@ async fn a_database_that_accepts_and_never_answers_fails_the_load_as_a_timeout()
         err.error_message
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    silent.abort();
+    drop(silent);
 }
 
 fn curated_columns() -> Vec<String> {
@@ -672,10 +666,10 @@ async fn s3_failures_map_to_the_pipeline_errors_the_state_machine_matches() {
     assert!(err.is_retryable());
 }
 
-#[tokio::test]
-async fn an_s3_endpoint_that_never_answers_is_a_timeout_naming_the_key() {
+/// An AWS endpoint that accepts connections (the kernel does, into the backlog) and never answers a
+/// request, the SDK configuration pointing at it without retries, and one-second timeouts.
+async fn silent_endpoint() -> (std::net::TcpListener, aws_config::SdkConfig, S3Timeouts) {
     use aws_sdk_s3::config::{Credentials, Region};
-    // Accepts connections (the kernel does, into the backlog) and never answers a request.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -689,6 +683,12 @@ async fn an_s3_endpoint_that_never_answers_is_a_timeout_naming_the_key() {
         read_s: 1.0,
         attempt_s: 3.0,
     };
+    (silent, sdk, timeouts)
+}
+
+#[tokio::test]
+async fn an_s3_endpoint_that_never_answers_is_a_timeout_naming_the_key() {
+    let (silent, sdk, timeouts) = silent_endpoint().await;
     let store = S3Store::new(tripflow_aws::s3::s3_client(&sdk, &timeouts), BUCKET);
     let started = Instant::now();
     let err = store.get_range("raw/yellow/2021-03/x.parquet", 0..4).await.unwrap_err();
@@ -706,20 +706,7 @@ async fn an_s3_endpoint_that_never_answers_is_a_timeout_naming_the_key() {
 
 #[tokio::test]
 async fn a_glue_endpoint_that_never_answers_is_a_timeout_naming_the_table() {
-    use aws_sdk_s3::config::{Credentials, Region};
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-        .endpoint_url(format!("http://{}", silent.local_addr().unwrap()))
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
-        .load()
-        .await;
-    let timeouts = S3Timeouts {
-        connect_s: 1.0,
-        read_s: 1.0,
-        attempt_s: 3.0,
-    };
+    let (silent, sdk, timeouts) = silent_endpoint().await;
     let check = tripflow_aws::catalog::CatalogCheck::new(
         tripflow_aws::handlers::glue_client(&sdk, &timeouts),
         GlueTable {

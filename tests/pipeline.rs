@@ -19,6 +19,7 @@ use tripflow::stages::load::LoadInput;
 use tripflow::storage::LocalStore;
 use tripflow_tests::data::shared_file;
 use tripflow_tests::expected::expected_from_file;
+use tripflow_tests::faults::Stalling;
 use tripflow_tests::local::Setup;
 use tripflow_tests::pg::TestPostgres;
 
@@ -451,15 +452,9 @@ async fn a_load_killed_during_its_swap_leaves_the_current_version_whole() {
 
 #[tokio::test]
 async fn a_database_that_accepts_and_never_answers_is_a_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // Accept and hold every connection without a byte in reply.
-    let silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    // Accepts and holds every connection without a byte in reply.
+    let silent = Stalling::start(None).await;
+    let port = silent.addr.port();
     let settings = DbSettings {
         connect_timeout: std::time::Duration::from_secs(1),
         ..DbSettings::default()
@@ -477,7 +472,7 @@ async fn a_database_that_accepts_and_never_answers_is_a_timeout() {
         "{err}"
     );
     assert!(err.is_retryable());
-    silent.abort();
+    drop(silent);
     let err = tripflow::db::connect_with("postgres://u@host:port/db", &settings)
         .await
         .unwrap_err();
@@ -1023,46 +1018,6 @@ async fn a_flipped_byte_inside_a_data_page_is_corrupt_source_and_changes_nothing
 
 // ---------------------------------------------------------------------------------------------
 // Nothing hangs: an HTTPS source that accepts and never answers.
-
-/// A listener on 127.0.0.1 that accepts connections and, when `head` is given, sends it and then
-/// nothing more; connections stay open until the listener is dropped.
-struct Stalling {
-    addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Stalling {
-    async fn start(head: Option<&'static [u8]>) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((mut socket, _)) = listener.accept().await {
-                if let Some(head) = head {
-                    // Answer only once the request is in: a client ignores an answer before it asked.
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = socket.write_all(head).await;
-                }
-                open.push(socket);
-            }
-        });
-        Stalling { addr, task }
-    }
-}
-
-impl Drop for Stalling {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// One-second HTTP timeouts, a local store, no database: the ingest stage alone.
 fn ingest_ctx(dir: &Path) -> StageContext {

@@ -10,6 +10,7 @@
 
 pub mod data;
 pub mod expected;
+pub mod faults;
 pub mod local;
 pub mod moto;
 pub mod parquet_crc;

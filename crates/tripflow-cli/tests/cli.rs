@@ -10,14 +10,31 @@ fn tripflow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tripflow"))
 }
 
-#[tokio::test]
-async fn run_json_prints_the_documented_keys_and_the_answers() {
-    let pg = TestPostgres::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("yellow_tripdata_2021-03.parquet");
+/// `tripflow run SOURCE --data-dir DATA` against the database at `url`.
+fn tripflow_run(source: impl AsRef<std::ffi::OsStr>, data: impl AsRef<std::ffi::OsStr>, url: &str) -> Command {
+    let mut command = tripflow();
+    command
+        .arg("run")
+        .arg(source)
+        .arg("--data-dir")
+        .arg(data)
+        .env("DATABASE_URL", url);
+    command
+}
+
+/// `tripflow gen` of a March 2021 of `rows` trips into `out`; panics if it fails.
+fn generate_march(out: &std::path::Path, rows: usize, seed: u64) {
     let generated = tripflow()
-        .args(["gen", "--month", "2021-03", "--rows", "20000"])
-        .arg(&source)
+        .args([
+            "gen",
+            "--month",
+            "2021-03",
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .arg(out)
         .output()
         .unwrap();
     assert!(
@@ -25,14 +42,17 @@ async fn run_json_prints_the_documented_keys_and_the_answers() {
         "{}",
         String::from_utf8_lossy(&generated.stderr)
     );
+}
 
-    let out = tripflow()
-        .arg("run")
-        .arg(&source)
+#[tokio::test]
+async fn run_json_prints_the_documented_keys_and_the_answers() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("yellow_tripdata_2021-03.parquet");
+    generate_march(&source, 20_000, 42);
+
+    let out = tripflow_run(&source, dir.path().join("data"), pg.url())
         .arg("--json")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("DATABASE_URL", pg.url())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -80,12 +100,7 @@ async fn a_failure_exits_non_zero_with_the_error_name_and_cause() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("yellow_tripdata_2021-03.parquet");
     std::fs::write(&source, "not parquet at all").unwrap();
-    let out = tripflow()
-        .arg("run")
-        .arg(&source)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("DATABASE_URL", pg.url())
+    let out = tripflow_run(&source, dir.path().join("data"), pg.url())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -141,13 +156,7 @@ async fn plain_http_is_refused_without_allow_http() {
     );
     drop(closed);
     let run = |allow: bool| {
-        let mut command = tripflow();
-        command
-            .arg("run")
-            .arg(&url)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("DATABASE_URL", pg.url());
+        let mut command = tripflow_run(&url, dir.path(), pg.url());
         if allow {
             command.arg("--allow-http");
         }
@@ -180,12 +189,7 @@ impl Running {
     /// Starts `tripflow run SOURCE` and returns once its log says `line` (the stage it is in).
     fn until_log_says(source: &std::path::Path, data: &std::path::Path, url: &str, line: &str) -> Self {
         use std::io::{BufRead, BufReader, Read};
-        let mut child = tripflow()
-            .arg("run")
-            .arg(source)
-            .arg("--data-dir")
-            .arg(data)
-            .env("DATABASE_URL", url)
+        let mut child = tripflow_run(source, data, url)
             .env("RUST_LOG", "tripflow=info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -258,20 +262,8 @@ async fn sigint_and_sigterm_mid_stage_exit_130_and_143_naming_the_signal_and_cha
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let source = dir.path().join("yellow_tripdata_2021-03.parquet");
-    let generated = tripflow()
-        .args(["gen", "--month", "2021-03", "--rows", "600000"])
-        .arg(&source)
-        .output()
-        .unwrap();
-    assert!(generated.status.success());
-    let first = tripflow()
-        .arg("run")
-        .arg(&source)
-        .arg("--data-dir")
-        .arg(&data)
-        .env("DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
+    generate_march(&source, 600_000, 42);
+    let first = tripflow_run(&source, &data, pg.url()).output().unwrap();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let before = zone_keys(&data);
     let trips_before = pg.trip_count("yellow/2021-03").await;
@@ -308,12 +300,7 @@ async fn partial_writes_of_a_killed_run_are_removed_by_the_next_run_which_conver
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let source = dir.path().join("yellow_tripdata_2021-03.parquet");
-    let generated = tripflow()
-        .args(["gen", "--month", "2021-03", "--rows", "600000"])
-        .arg(&source)
-        .output()
-        .unwrap();
-    assert!(generated.status.success());
+    generate_march(&source, 600_000, 42);
     let mut running = Running::until_log_says(&source, &data, pg.url(), "clean started");
     wait_for_writes_in_flight(&data);
     running.child.kill().unwrap();
@@ -323,15 +310,7 @@ async fn partial_writes_of_a_killed_run_are_removed_by_the_next_run_which_conver
         "a kill -9 mid-clean leaves its partial writes"
     );
 
-    let rerun = tripflow()
-        .arg("run")
-        .arg(&source)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--json")
-        .env("DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
+    let rerun = tripflow_run(&source, &data, pg.url()).arg("--json").output().unwrap();
     assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
     assert_eq!(staging_files(&data), 0);
     let summary: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
@@ -348,24 +327,11 @@ async fn history_lists_each_loaded_version_newest_first_with_its_source_md5() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut md5s = Vec::new();
-    for seed in ["1", "2"] {
+    for seed in [1, 2] {
         let source = dir.path().join(format!("s{seed}/yellow_tripdata_2021-03.parquet"));
         std::fs::create_dir_all(source.parent().unwrap()).unwrap();
-        let generated = tripflow()
-            .args(["gen", "--month", "2021-03", "--rows", "5000", "--seed", seed])
-            .arg(&source)
-            .output()
-            .unwrap();
-        assert!(generated.status.success());
-        let run = tripflow()
-            .arg("run")
-            .arg(&source)
-            .arg("--json")
-            .arg("--data-dir")
-            .arg(&data)
-            .env("DATABASE_URL", pg.url())
-            .output()
-            .unwrap();
+        generate_march(&source, 5_000, seed);
+        let run = tripflow_run(&source, &data, pg.url()).arg("--json").output().unwrap();
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
         let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
         md5s.push((
