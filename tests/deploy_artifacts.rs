@@ -43,7 +43,7 @@ fn non_retryable_errors() -> Vec<&'static str> {
 
 /// Where a run that failed with an error must end: the Fail state named for what went wrong, or
 /// `StageFailed` for everything without a name of its own.
-const FAIL_STATE_FOR: [(&str, &str); 28] = [
+const FAIL_STATE_FOR: [(&str, &str); 29] = [
     ("ChecksumMismatch", "ChecksumMismatch"),
     ("SchemaDrift", "SchemaDrift"),
     ("NotParquet", "NotParquet"),
@@ -68,6 +68,7 @@ const FAIL_STATE_FOR: [(&str, &str); 28] = [
     ("SourceUnavailable", "StageFailed"),
     ("DatabaseUnavailable", "StageFailed"),
     ("Interrupted", "StageFailed"),
+    ("ConcurrentRun", "StageFailed"),
     ("Lambda.ServiceException", "StageFailed"),
     ("Sandbox.Timedout", "StageFailed"),
     ("States.TaskFailed", "StageFailed"),

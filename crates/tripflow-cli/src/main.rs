@@ -366,6 +366,8 @@ async fn database(place: &Place) -> Result<tokio_postgres::Client> {
 
 async fn run(place: &Place, config: PipelineConfig, input: IngestInput) -> Result<RunSummary> {
     let store = Arc::new(LocalStore::open(&place.data_dir)?);
+    // One run of a month at a time, from ingest to the answers, so the summary is this run's own.
+    let _month = store.lock_month(&tripflow::stages::ingest::layout_of(&input)?)?;
     let ctx = StageContext::new(store, config);
     let mut client = database(place).await?;
     run_all(&ctx, &mut client, input).await

@@ -377,3 +377,54 @@ async fn history_lists_each_loaded_version_newest_first_with_its_source_md5() {
     let bad = tripflow().args(["history", "2021-03"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2), "a malformed month is a usage error");
 }
+
+#[tokio::test]
+async fn a_second_run_of_the_same_month_at_once_fails_concurrent_run_and_changes_nothing() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first_file = dir.path().join("first/yellow_tripdata_2021-03.parquet");
+    let second_file = dir.path().join("second/yellow_tripdata_2021-03.parquet");
+    for (file, rows, seed) in [(&first_file, 600_000, 1), (&second_file, 20_000, 2)] {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        generate_march(file, rows, seed);
+    }
+    let first = Running::until_log_says(&first_file, &data, pg.url(), "clean started");
+    let second = tripflow_run(&second_file, &data, pg.url()).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("error: ConcurrentRun: another run of yellow/2021-03"),
+        "{stderr}"
+    );
+    let (status, log) = first.wait();
+    assert!(status.success(), "{log}");
+    // The database holds the first run's month only; the second, run again alone, replaces it.
+    let history = |url: &str| {
+        let out = tripflow()
+            .args(["history", "yellow/2021-03", "--json", "--data-dir"])
+            .arg(&data)
+            .env("DATABASE_URL", url)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    assert_eq!(history(pg.url()).len(), 1);
+    let raw_copies = zone_keys(&data).iter().filter(|k| k.contains("/raw/")).count();
+    assert_eq!(raw_copies, 1, "the refused run wrote nothing");
+    let again = tripflow_run(&second_file, &data, pg.url())
+        .args(["--json", "--allow-shrink"])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        pg.trip_count("yellow/2021-03").await,
+        summary["rows_loaded"].as_i64().unwrap()
+    );
+    assert_eq!(history(pg.url()).len(), 2);
+}

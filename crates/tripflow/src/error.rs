@@ -137,6 +137,11 @@ pub enum Error {
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(String),
 
+    /// Another run of the same month is under way; this one changed nothing. Run it again when
+    /// that one has finished.
+    #[error("another run of {source_id} is under way ({holder}); this run changed nothing")]
+    ConcurrentRun { source_id: String, holder: String },
+
     /// The process was asked to stop (SIGINT, SIGTERM) before it finished; what it was writing was
     /// discarded and nothing it had not yet published changed.
     #[error("received {signal}; in-flight writes were discarded, nothing unfinished was published")]
@@ -187,6 +192,7 @@ impl Error {
             Error::DatabaseUnavailable(_) => "DatabaseUnavailable",
             Error::DatabaseError(_) => "DatabaseError",
             Error::Interrupted { .. } => "Interrupted",
+            Error::ConcurrentRun { .. } => "ConcurrentRun",
         }
     }
 
@@ -266,6 +272,7 @@ pub const ERROR_NAMES: &[&str] = &[
     "DatabaseUnavailable",
     "DatabaseError",
     "Interrupted",
+    "ConcurrentRun",
 ];
 
 /// The names of the errors a retry may cure: the state machine's `Retry` lists exactly these.

@@ -326,12 +326,8 @@ fn footer_of(key: &str, streamed: &Streamed) -> Result<ParquetMetaData> {
 pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput> {
     let store = ctx.store.as_ref();
     let source = Source::parse(&input.source, store)?;
-    let name = file_name_of(&input.source).to_string();
-    let period = resolve_period(&name, input.period)?;
-    let dataset = TlcFileName::parse(&name)
-        .map(|n| n.dataset)
-        .unwrap_or_else(|| "yellow".to_string());
-    let layout = Layout::new(dataset.clone(), period);
+    let layout = layout_of(&input)?;
+    let (dataset, period) = (layout.dataset.clone(), layout.period);
     let run_id = new_run_id();
     let raw_key = layout.raw_key(&run_id);
 
@@ -427,6 +423,17 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
     .await?;
     info!(rows, row_groups = output.row_groups, size_bytes = output.size_bytes, md5 = %output.md5, variant = %output.schema_variant, "ingest done");
     Ok(output)
+}
+
+/// The dataset and month a run of `input` writes: from the file name (`yellow_tripdata_2021-03`),
+/// the month overridable by the input.
+pub fn layout_of(input: &IngestInput) -> Result<Layout> {
+    let name = file_name_of(&input.source);
+    let period = resolve_period(name, input.period)?;
+    let dataset = TlcFileName::parse(name)
+        .map(|n| n.dataset)
+        .unwrap_or_else(|| "yellow".to_string());
+    Ok(Layout::new(dataset, period))
 }
 
 /// A new run's id: sortable by start time, unique across concurrent runs (`20210401T120000Z-1a2b3c4d`).

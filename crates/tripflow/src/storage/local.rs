@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 const CHUNK_BYTES: usize = 1 << 20;
 /// Writes in progress live here, outside every zone, and are renamed into place on finish.
 const STAGING_DIR: &str = ".staging";
+/// One lock file per month, so two runs of the same month never interleave.
+const LOCKS_DIR: &str = ".locks";
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -49,11 +51,54 @@ impl LocalStore {
         let relative = Path::new(key);
         let safe = !key.is_empty()
             && relative.components().all(|c| matches!(c, Component::Normal(_)))
-            && !key.starts_with(STAGING_DIR);
+            && !key.starts_with(STAGING_DIR)
+            && !key.starts_with(LOCKS_DIR);
         if !safe {
             return Err(Error::InvalidInput(format!("{key:?} is not a valid object key")));
         }
         Ok(self.root.join(relative))
+    }
+}
+
+/// Held while one run of a month is under way on this store; dropping it (the run's end, however
+/// it ends, the process's death included) lets the next run in.
+#[derive(Debug)]
+pub struct MonthLock {
+    _file: std::fs::File,
+}
+
+impl LocalStore {
+    /// Claims the month of `layout` for one run, or fails `ConcurrentRun` at once if another process
+    /// (or another run in this one) holds it. An advisory file lock: the kernel releases it when the
+    /// holder dies, so a killed run never blocks the next.
+    pub fn lock_month(&self, layout: &super::Layout) -> Result<MonthLock> {
+        let locks = self.root.join(LOCKS_DIR);
+        std::fs::create_dir_all(&locks).map_err(|e| Error::io("creating", locks.display().to_string(), e))?;
+        let path = locks.join(format!("{}_{}.lock", layout.dataset, layout.period));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening", path.display().to_string(), e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                use std::io::{Seek, Write};
+                // Who holds it, for the message the next run prints.
+                let holder = format!("pid {} since {}", std::process::id(), chrono::Utc::now().to_rfc3339());
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| file.rewind())
+                    .and_then(|()| file.write_all(holder.as_bytes()));
+                Ok(MonthLock { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::ConcurrentRun {
+                source_id: layout.source_id(),
+                holder: std::fs::read_to_string(&path).unwrap_or_else(|_| "unknown holder".into()),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", path.display().to_string(), e)),
+        }
     }
 }
 
@@ -289,6 +334,24 @@ impl Drop for LocalSink {
 mod tests {
     use super::*;
     use crate::storage::{get_bytes, md5_of, put_bytes};
+
+    #[test]
+    fn a_month_is_held_by_one_run_at_a_time_and_released_with_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let march = crate::storage::Layout::new("yellow", "2021-03".parse().unwrap());
+        let april = crate::storage::Layout::new("yellow", "2021-04".parse().unwrap());
+        let held = store.lock_month(&march).unwrap();
+        let err = store.lock_month(&march).unwrap_err();
+        assert_eq!(err.name(), "ConcurrentRun");
+        assert!(
+            err.to_string().contains("yellow/2021-03") && err.to_string().contains("pid"),
+            "{err}"
+        );
+        let _other_month = store.lock_month(&april).unwrap();
+        drop(held);
+        store.lock_month(&march).unwrap();
+    }
 
     #[test]
     fn staging_of_dead_processes_is_removed_at_open_and_live_ones_kept() {
