@@ -336,10 +336,7 @@ async fn execute(command: Command) -> Result<()> {
                 DbAction::Url => println!("{}", cluster.ensure_database(db::local::DATABASE).await?),
                 DbAction::Stop => {
                     cluster.stop()?;
-                    println!(
-                        "stopped the private PostgreSQL cluster in {}",
-                        cluster_dir(&place.data_dir).display()
-                    );
+                    println!("stopped the private PostgreSQL cluster in {}", cluster.dir().display());
                 }
             }
             Ok(())

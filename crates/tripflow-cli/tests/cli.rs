@@ -428,3 +428,40 @@ async fn a_second_run_of_the_same_month_at_once_fails_concurrent_run_and_changes
     );
     assert_eq!(history(pg.url()).len(), 2);
 }
+
+#[test]
+fn demo_as_root_in_a_folder_the_postgres_user_cannot_enter_still_starts_its_cluster() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+        eprintln!("SKIPPED: this checks the root case (PostgreSQL runs as another user); not running as root");
+        return;
+    }
+    // Like a checkout in /root: a private folder (0700) around the data folder.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = home.path().join("tripflow/tripflow-data");
+    let demo = tripflow()
+        .args(["demo", "--rows", "5000", "--json", "--data-dir"])
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let note = std::fs::read_to_string(data.join(".postgres/WHERE_IS_THE_CLUSTER.txt")).unwrap_or_default();
+    let cluster = note.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    let stop = tripflow()
+        .args(["db", "stop", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    if cluster.starts_with("/var/tmp/tripflow-postgres/") {
+        let _ = std::fs::remove_dir_all(&cluster);
+    }
+    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&demo.stdout).unwrap();
+    assert_eq!(summary["rows_loaded"], summary["rows_kept"]);
+    assert!(
+        cluster.starts_with("/var/tmp/tripflow-postgres/"),
+        "the cluster moved where it can run: {note}"
+    );
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+}

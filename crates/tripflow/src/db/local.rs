@@ -1,7 +1,8 @@
 //! A private PostgreSQL cluster for `tripflow run` and the tests, started from the machine's own
 //! PostgreSQL binaries. Created once under a folder, reused by later runs (its port is remembered in
 //! the folder). PostgreSQL refuses to run as root, so as root the cluster belongs to, and runs as,
-//! the `postgres` system user (or `nobody`).
+//! the `postgres` system user (or `nobody`); when that user cannot reach the folder (a checkout
+//! under `/root`), the cluster lives under `/var/tmp/tripflow-postgres/` instead, one per folder.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -76,23 +77,56 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>> {
         .ok_or_else(|| unavailable("running as root and no `postgres` or `nobody` user to run PostgreSQL as"))
 }
 
-/// As root the server runs as another user, who must be able to walk down to its folder.
-fn check_reachable(dir: &Path, uid: u32) -> Result<()> {
-    for ancestor in dir.ancestors().skip(1) {
-        let Ok(meta) = std::fs::metadata(ancestor) else {
-            continue;
-        };
+/// As root the server runs as another user, who must be able to walk down to its folder: the first
+/// ancestor it cannot enter, if any.
+fn unreachable_ancestor(dir: &Path, uid: u32) -> Option<PathBuf> {
+    dir.ancestors().skip(1).find_map(|ancestor| {
+        let meta = std::fs::metadata(ancestor).ok()?;
         let traversable = meta.mode() & 0o001 != 0 || (meta.uid() == uid && meta.mode() & 0o100 != 0);
-        if !traversable {
-            return Err(unavailable(format!(
-                "PostgreSQL refuses to run as root, so the private cluster runs as uid {uid}, which cannot enter {}: \
-                 make it traversable (chmod o+x {}), choose another --data-dir, or pass --database-url",
-                ancestor.display(),
-                ancestor.display()
-            )));
-        }
+        (!traversable).then(|| ancestor.to_path_buf())
+    })
+}
+
+/// Where root keeps the clusters of data folders their server user cannot reach (a checkout under
+/// `/root`, the common case in a container): a world-traversable folder, one cluster per data folder.
+const RELOCATED_CLUSTERS: &str = "/var/tmp/tripflow-postgres";
+
+/// The cluster's real folder: `requested` itself, or, when the server's user cannot reach it, a
+/// folder under [`RELOCATED_CLUSTERS`] named for `requested`, so the same data folder always finds
+/// the same cluster (and `tripflow db stop` the one `tripflow run` started).
+fn cluster_home(requested: &Path, uid: u32) -> Result<PathBuf> {
+    let Some(blocked) = unreachable_ancestor(requested, uid) else {
+        return Ok(requested.to_path_buf());
+    };
+    let mut name = crate::checksum::Md5Counter::new();
+    name.update(requested.as_os_str().as_encoded_bytes());
+    let home = Path::new(RELOCATED_CLUSTERS).join(&name.finish_hex()[..16]);
+    let parent = Path::new(RELOCATED_CLUSTERS);
+    std::fs::create_dir_all(parent).map_err(|e| unavailable(format!("creating {}: {e}", parent.display())))?;
+    std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .map_err(|e| unavailable(format!("{}: {e}", parent.display())))?;
+    std::fs::create_dir_all(&home).map_err(|e| unavailable(format!("creating {}: {e}", home.display())))?;
+    if let Some(ancestor) = unreachable_ancestor(&home, uid) {
+        return Err(unavailable(format!(
+            "PostgreSQL refuses to run as root, so the private cluster runs as uid {uid}, which can enter neither {} \
+             nor {}: make one traversable (chmod o+x), or pass --database-url",
+            blocked.display(),
+            ancestor.display()
+        )));
     }
-    Ok(())
+    info!(
+        requested = %requested.display(),
+        cluster = %home.display(),
+        "the PostgreSQL user cannot enter {}, so the private cluster lives in {}",
+        blocked.display(),
+        home.display()
+    );
+    // A note beside the data, for the person who looks for the cluster where it was asked for.
+    let _ = std::fs::write(
+        requested.join("WHERE_IS_THE_CLUSTER.txt"),
+        format!("This data folder's PostgreSQL cluster lives in {}\n", home.display()),
+    );
+    Ok(home)
 }
 
 fn free_port() -> Result<u16> {
@@ -112,8 +146,11 @@ impl LocalPostgres {
         let dir = dir
             .canonicalize()
             .map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        let dir = match run_as {
+            Some((uid, _)) => cluster_home(&dir, uid)?,
+            None => dir,
+        };
         if let Some((uid, gid)) = run_as {
-            check_reachable(&dir, uid)?;
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| unavailable(format!("handing {} to the postgres user: {e}", dir.display())))?;
         }
@@ -183,6 +220,11 @@ impl LocalPostgres {
 
     fn dir_str(&self) -> String {
         self.dir.display().to_string()
+    }
+
+    /// The cluster's folder (where it was asked for, or where it was moved to; see [`cluster_home`]).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn port(&self) -> u16 {
