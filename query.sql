@@ -27,10 +27,11 @@ WITH avg AS MATERIALIZED (
            row_number() OVER (PARTITION BY week ORDER BY slow_trips DESC, pu_location_id) AS rank
     FROM slow
 )
-SELECT week, rank, pu_location_id, slow_trips
-FROM ranked
-WHERE rank <= 5
-ORDER BY week, rank;
+SELECT r.week, r.rank, r.pu_location_id, r.slow_trips, z.borough AS pu_borough, z.zone AS pu_zone
+FROM ranked r
+LEFT JOIN tripflow.zones z ON z.location_id = r.pu_location_id
+WHERE r.rank <= 5
+ORDER BY r.week, r.rank;
 
 -- (3) The same answers as the load materialized them, for the current version, and the versions
 -- kept (`current`, `previous` ones restorable, `dropped` ones gone by retention).
@@ -40,8 +41,9 @@ LEFT JOIN tripflow.monthly_answers a USING (source_id, version)
 WHERE v.source_id = :'source_id' AND v.state IN ('current', 'previous', 'dropped')
 ORDER BY v.version;
 
-SELECT w.week, w.rank, w.pu_location_id, w.slow_trips
+SELECT w.week, w.rank, w.pu_location_id, w.slow_trips, z.borough AS pu_borough, z.zone AS pu_zone
 FROM tripflow.versions v
 JOIN tripflow.weekly_slow_pickups w USING (source_id, version)
+LEFT JOIN tripflow.zones z ON z.location_id = w.pu_location_id
 WHERE v.source_id = :'source_id' AND v.current
 ORDER BY w.week, w.rank;

@@ -235,8 +235,8 @@ async fn the_views_agree_with_the_materialized_answers() {
         assert!((from_view - avg).abs() < 1e-9 * avg, "{from_view} vs {avg}");
         let weekly: Vec<WeeklySlowPickup> = client
             .query(
-                "SELECT week, rank, pu_location_id, slow_trips FROM tripflow.weekly_top5_slow_pickups \
-                 WHERE source_id = $1 ORDER BY week, rank",
+                "SELECT week, rank, pu_location_id, slow_trips, pu_borough, pu_zone \
+                 FROM tripflow.weekly_top5_slow_pickups WHERE source_id = $1 ORDER BY week, rank",
                 &[&source_id],
             )
             .await
@@ -247,6 +247,8 @@ async fn the_views_agree_with_the_materialized_answers() {
                 rank: r.get(1),
                 pu_location_id: r.get(2),
                 slow_trips: r.get(3),
+                pu_borough: r.get(4),
+                pu_zone: r.get(5),
             })
             .collect();
         assert_eq!(weekly, materialized.weekly_top5, "{source_id}");
@@ -280,7 +282,8 @@ async fn migrations_applied_twice_are_a_no_op_and_recorded_once() {
     let (ra, rb) = tokio::join!(tripflow::db::migrate(&mut a), tripflow::db::migrate(&mut b));
     let mut applied = ra.unwrap();
     applied.extend(rb.unwrap());
-    assert_eq!(applied, [1]);
+    applied.sort();
+    assert_eq!(applied, [1, 2], "each migration applied by exactly one of the two");
     assert!(tripflow::db::migrate(&mut a).await.unwrap().is_empty());
     let recorded: Vec<(i32, String)> = a
         .query(
@@ -292,7 +295,13 @@ async fn migrations_applied_twice_are_a_no_op_and_recorded_once() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(recorded, [(1, "versioned_trips".to_string())]);
+    assert_eq!(recorded, [(1, "versioned_trips".to_string()), (2, "zones".to_string())]);
+    let zones: i64 = a
+        .query_one("SELECT count(*) FROM tripflow.zones", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(zones, 265, "TLC's zone lookup, loaded once");
     let partitioned: bool = a
         .query_one(
             "SELECT relkind = 'p' FROM pg_class WHERE oid = 'tripflow.trips'::regclass",

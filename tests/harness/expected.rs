@@ -150,13 +150,31 @@ pub fn expected_from_file(path: &Path, period: Period) -> Expected {
         let mut ranked = by_week.remove(&week).unwrap();
         ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         for (rank, (count, location)) in ranked.into_iter().take(5).enumerate() {
+            let (borough, zone) = zone_names(location);
             e.weekly_top5.push(WeeklySlowPickup {
                 week,
                 rank: rank as i64 + 1,
                 pu_location_id: location as i32,
                 slow_trips: count,
+                pu_borough: borough,
+                pu_zone: zone,
             });
         }
     }
     e
+}
+
+/// Borough and zone of a TLC location id, read from the lookup the repository ships.
+fn zone_names(location: i64) -> (Option<String>, Option<String>) {
+    let csv = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/taxi_zone_lookup.csv")).unwrap();
+    csv.lines()
+        .skip(1)
+        .map(|line| {
+            line.split(',')
+                .map(|f| f.trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+        })
+        .find(|fields| fields[0] == location.to_string())
+        .map(|fields| (Some(fields[1].clone()), Some(fields[2].clone())))
+        .unwrap_or((None, None))
 }

@@ -102,16 +102,25 @@ pub fn answers_text(source_id: &str, answers: &Answers) -> String {
         }
     }
     let _ = writeln!(out, "  top 5 pickup locations by trips slower than that, per ISO week:");
-    let mut weeks: Vec<i32> = answers.weekly_top5.iter().map(|w| w.week).collect();
-    weeks.dedup();
-    for week in weeks {
-        let ranked: Vec<String> = answers
-            .weekly_top5
-            .iter()
-            .filter(|w| w.week == week)
-            .map(|w| format!("{} ({} trips)", w.pu_location_id, thousands(w.slow_trips.max(0) as u64)))
-            .collect();
-        let _ = writeln!(out, "    week {week:>2}: {}", ranked.join(", "));
+    let mut week = None;
+    for w in &answers.weekly_top5 {
+        let heading = if week == Some(w.week) {
+            String::new()
+        } else {
+            format!("week {:>2}", w.week)
+        };
+        week = Some(w.week);
+        let place = match (&w.pu_zone, &w.pu_borough) {
+            (Some(zone), Some(borough)) => format!("{zone}, {borough}"),
+            _ => "(not in the zone lookup)".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "    {heading:<7}  {}. {:>3} {place:<42} {:>9} slow trips",
+            w.rank,
+            w.pu_location_id,
+            thousands(w.slow_trips.max(0) as u64)
+        );
     }
     out
 }

@@ -92,6 +92,11 @@ async fn run_json_prints_the_documented_keys_and_the_answers() {
     assert!(query.status.success());
     let text = String::from_utf8_lossy(&query.stdout);
     assert!(text.contains("average speed") && text.contains("week 13"), "{text}");
+    // Zone names beside the ids: the generator's busiest zone, 237, is reported as 161 after the swap.
+    assert!(text.contains("161 Midtown Center, Manhattan"), "{text}");
+    assert_eq!(top[0]["pu_location_id"], 161);
+    assert_eq!(top[0]["pu_zone"], "Midtown Center");
+    assert_eq!(top[0]["pu_borough"], "Manhattan");
 }
 
 #[tokio::test]

@@ -17,11 +17,16 @@ use crate::error::{Error, Result};
 
 /// The schema migrations, in order: (version, name, SQL). Each is applied once, in one transaction,
 /// and recorded in `tripflow.schema_migrations`. Never edit an applied one: add the next file.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "versioned_trips",
-    include_str!("../../migrations/0001_versioned_trips.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "versioned_trips",
+        include_str!("../../migrations/0001_versioned_trips.sql"),
+    ),
+    (2, "zones", include_str!("../../migrations/0002_zones.sql")),
+];
+/// TLC's taxi zone lookup as shipped (`data/taxi_zone_lookup.csv`); migration 2 holds the same rows.
+pub const ZONES_CSV: &str = include_str!("../../../../data/taxi_zone_lookup.csv");
 /// The analysts' queries, as shipped for psql.
 pub const QUERY_SQL: &str = include_str!("../../../../query.sql");
 pub const TRIPS_TABLE: &str = "tripflow.trips";
@@ -225,6 +230,12 @@ pub struct WeeklySlowPickup {
     pub rank: i64,
     pub pu_location_id: i32,
     pub slow_trips: i64,
+    /// The location's borough and zone from TLC's lookup (`tripflow.zones`); `None` for an id the
+    /// lookup does not know.
+    #[serde(default)]
+    pub pu_borough: Option<String>,
+    #[serde(default)]
+    pub pu_zone: Option<String>,
 }
 
 /// The answers of `source_id`'s current version, read from the tables the load materialized (no
@@ -241,8 +252,9 @@ pub async fn answers(client: &Client, source_id: &str) -> Result<Answers> {
         .map_err(classify)?;
     let rows = client
         .query(
-            "SELECT w.week, w.rank, w.pu_location_id, w.slow_trips FROM tripflow.versions v \
+            "SELECT w.week, w.rank, w.pu_location_id, w.slow_trips, z.borough, z.zone FROM tripflow.versions v \
              JOIN tripflow.weekly_slow_pickups w USING (source_id, version) \
+             LEFT JOIN tripflow.zones z ON z.location_id = w.pu_location_id \
              WHERE v.source_id = $1 AND v.current ORDER BY w.week, w.rank",
             &[&source_id],
         )
@@ -254,12 +266,16 @@ pub async fn answers(client: &Client, source_id: &str) -> Result<Answers> {
     })
 }
 
+/// A row of (week, rank, pu_location_id, slow_trips[, borough, zone]).
 pub(crate) fn weekly_row(r: &tokio_postgres::Row) -> WeeklySlowPickup {
+    let name = |i: usize| r.try_get::<_, Option<String>>(i).ok().flatten();
     WeeklySlowPickup {
         week: r.get(0),
         rank: r.get(1),
         pu_location_id: r.get(2),
         slow_trips: r.get(3),
+        pu_borough: name(4),
+        pu_zone: name(5),
     }
 }
 
@@ -286,6 +302,48 @@ pub async fn loaded_sources(client: &Client) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields of one CSV line: quoted (with "" for a quote) or bare.
+    fn csv_fields(line: &str) -> Vec<String> {
+        let (mut fields, mut field, mut quoted, mut chars) =
+            (Vec::new(), String::new(), false, line.chars().peekable());
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => fields.push(std::mem::take(&mut field)),
+                _ => field.push(c),
+            }
+        }
+        fields.push(field);
+        fields
+    }
+
+    #[test]
+    fn the_zones_migration_holds_exactly_the_shipped_lookup() {
+        let from_csv: Vec<String> = ZONES_CSV
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f = csv_fields(l.trim_end_matches('\r'));
+                let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+                format!("({}, {}, {}, {})", f[0], q(&f[1]), q(&f[2]), q(&f[3]))
+            })
+            .collect();
+        assert_eq!(from_csv.len(), 265);
+        let migration = MIGRATIONS[1].2;
+        let in_sql: Vec<String> = migration
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with('(') && l.chars().nth(1).is_some_and(|c| c.is_ascii_digit()))
+            .map(|l| l.trim_end_matches([',', ';']).to_string())
+            .collect();
+        assert_eq!(in_sql, from_csv);
+    }
 
     #[test]
     fn a_malformed_database_url_is_invalid_input_and_not_retried() {
