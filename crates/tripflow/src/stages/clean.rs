@@ -5,7 +5,8 @@
 //!
 //! Two guards decide before anything is published, so a refused file changes nothing readers see:
 //! - `TooManyRejectedRows` (a verdict, for the state machine's Choice) when the rejected share
-//!   passes the limit; the counts go to `reports/<dataset>/<period>/clean-refused.json`.
+//!   passes the limit; the counts go to the run's own report,
+//!   `reports/<dataset>/<period>/runs/<run_id>/clean-refused.json`.
 //! - `SuspiciousShrink` (an error) when the file keeps fewer rows than `min_kept_share` of the
 //!   month's current clean version, unless the run allows it.
 //!
