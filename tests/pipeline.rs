@@ -11,11 +11,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tripflow::Error;
 use tripflow::config::{DbSettings, PipelineConfig};
 use tripflow::db::{WeeklySlowPickup, versions};
-use tripflow::pipeline::RunSummary;
 use tripflow::stages::StageContext;
 use tripflow::stages::ingest::IngestInput;
 use tripflow::stages::load;
-use tripflow::stages::load::LoadInput;
 use tripflow::storage::LocalStore;
 use tripflow_tests::data::shared_file;
 use tripflow_tests::expected::expected_from_file;
@@ -78,19 +76,40 @@ async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answ
             summary.ingest.run_id
         )]
     );
+    let run = &summary.ingest.run_id;
+    let live = setup.live_files("2021-03").await;
     assert_eq!(
-        setup.keys("clean/").await,
-        ["clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet"]
+        live["clean/yellow/"],
+        [format!("clean/yellow/period=2021-03/part-{run}.parquet")]
     );
-    assert_eq!(setup.keys("quarantine/").await.len(), 1);
-    assert_eq!(setup.keys("curated/yellow/pickup_date=2021-03-").await.len(), 31);
+    assert_eq!(
+        live["quarantine/yellow/"],
+        [format!("quarantine/yellow/period=2021-03/part-{run}.parquet")]
+    );
+    assert_eq!(live["curated/yellow/"].len(), 31);
+    assert!(
+        live["curated/yellow/"]
+            .iter()
+            .all(|k| k.starts_with("curated/yellow/pickup_date=2021-03-")
+                && k.ends_with(&format!("/part-{run}.parquet")))
+    );
+    for table in ["clean", "quarantine", "curated"] {
+        assert!(
+            !setup.keys(&format!("{table}/yellow/_delta_log/")).await.is_empty(),
+            "{table} is a Delta table"
+        );
+    }
     assert_eq!(
         setup.keys("reports/").await,
         [
             "reports/yellow/2021-03/clean.json".to_string(),
             "reports/yellow/2021-03/load.json".to_string(),
-            format!("reports/yellow/2021-03/runs/{}/ingest.json", summary.ingest.run_id),
+            format!("reports/yellow/2021-03/runs/{run}/clean.json"),
+            format!("reports/yellow/2021-03/runs/{run}/ingest.json"),
+            format!("reports/yellow/2021-03/runs/{run}/publish.json"),
+            format!("reports/yellow/2021-03/runs/{run}/transform.json"),
             "reports/yellow/2021-03/transform.json".to_string(),
+            "reports/yellow/2021-03/versions/1.json".to_string(),
         ]
     );
 
@@ -124,7 +143,14 @@ async fn rerun_of_same_file_leaves_one_copy_of_each_trip() {
         .unwrap()
         .get(0);
     assert_eq!(runs, 2);
-    assert_eq!(setup.keys("curated/").await.len(), 31);
+    // The lake holds the second run's files; the first run's stay on storage as the previous version.
+    let live = setup.live_files("2021-03").await;
+    assert_eq!(live["curated/yellow/"].len(), 31);
+    assert!(
+        live.values()
+            .flatten()
+            .all(|k| k.ends_with(&format!("part-{}.parquet", second.ingest.run_id)))
+    );
 }
 
 #[tokio::test]
@@ -152,10 +178,13 @@ async fn rerun_leaves_one_current_version_and_keeps_the_previous_one_detached() 
 #[tokio::test]
 async fn retention_keeps_the_current_and_two_previous_versions() {
     let setup = Setup::new().await;
-    let summary = setup.run(&setup.generate("2021-03", 5_000, 8), None).await.unwrap();
+    let source = setup.generate("2021-03", 5_000, 8);
+    let first = setup.run(&source, None).await.unwrap();
+    let first_files = setup.live_files("2021-03").await;
     let mut client = setup.pg.client().await;
     for _ in 0..3 {
-        load::run(&setup.ctx, &mut client, load_input(&summary)).await.unwrap();
+        let input = setup.prepare_load(&source).await;
+        load::run(&setup.ctx, &mut client, input).await.unwrap();
     }
     assert_eq!(
         states(&client, "yellow/2021-03").await,
@@ -179,6 +208,70 @@ async fn retention_keeps_the_current_and_two_previous_versions() {
         .await
         .unwrap_err();
     assert_eq!(err.name(), "InvalidInput", "{err}");
+    // The lake lets go of v1's files with its rows; the kept versions' files stay.
+    for key in first_files.values().flatten() {
+        assert_eq!(setup.ctx.store.size(key).await.unwrap(), None, "{key} kept");
+    }
+    let err = tripflow::handoff::restore(&setup.ctx, &mut client, &layout(), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "VersionNotFound", "{err}");
+    assert_eq!(first.load.version, 1);
+}
+
+fn layout() -> tripflow::storage::Layout {
+    tripflow::storage::Layout::new("yellow", "2021-03".parse().unwrap())
+}
+
+#[tokio::test]
+async fn restore_makes_every_zone_and_the_answers_equal_the_earlier_version_again() {
+    let setup = Setup::new().await;
+    let a = setup.run(&setup.generate("2021-03", 12_000, 31), None).await.unwrap();
+    let a_files = setup.live_files("2021-03").await;
+    let a_clean_report = tripflow::storage::md5_of(setup.ctx.store.as_ref(), "reports/yellow/2021-03/clean.json")
+        .await
+        .unwrap();
+    let b = setup.run(&setup.generate("2021-03", 9_000, 32), None).await.unwrap();
+    assert_ne!(setup.live_files("2021-03").await, a_files);
+    assert_ne!(a.avg_speed_mph, b.avg_speed_mph);
+
+    let mut client = setup.pg.client().await;
+    let restored = tripflow::handoff::restore(&setup.ctx, &mut client, &layout(), 1)
+        .await
+        .unwrap();
+    assert_eq!((restored.version, restored.previous_version), (1, Some(2)));
+    assert_eq!(restored.rows_kept, a.rows_kept);
+    assert_eq!(
+        setup.live_files("2021-03").await,
+        a_files,
+        "every lake table holds A's files again"
+    );
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, a.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, a.weekly_top5);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, a.rows_loaded);
+    // The current report is A's again, so the shrink guard measures against A.
+    assert_eq!(
+        tripflow::storage::md5_of(setup.ctx.store.as_ref(), "reports/yellow/2021-03/clean.json")
+            .await
+            .unwrap(),
+        a_clean_report
+    );
+
+    // Restoring the current version again commits nothing; restoring B brings B back.
+    let again = tripflow::handoff::restore(&setup.ctx, &mut client, &layout(), 1)
+        .await
+        .unwrap();
+    assert!(again.commits.iter().all(|c| c.already_live));
+    tripflow::handoff::restore(&setup.ctx, &mut client, &layout(), 2)
+        .await
+        .unwrap();
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, b.avg_speed_mph);
+    let err = tripflow::handoff::restore(&setup.ctx, &mut client, &layout(), 9)
+        .await
+        .unwrap_err();
+    assert_eq!(err.name(), "VersionNotFound");
 }
 
 #[tokio::test]
@@ -316,8 +409,16 @@ async fn migrations_applied_twice_are_a_no_op_and_recorded_once() {
 #[tokio::test]
 async fn loads_of_two_months_beside_a_query_loop_finish_without_deadlock() {
     let setup = Setup::new().await;
-    let march = setup.run(&setup.generate("2021-03", 30_000, 41), None).await.unwrap();
-    let april = setup.run(&setup.generate("2021-04", 30_000, 42), None).await.unwrap();
+    let (march_file, april_file) = (
+        setup.generate("2021-03", 30_000, 41),
+        setup.generate("2021-04", 30_000, 42),
+    );
+    let march = setup.run(&march_file, None).await.unwrap();
+    let april = setup.run(&april_file, None).await.unwrap();
+    let (next_march, next_april) = (
+        setup.prepare_load(&march_file).await,
+        setup.prepare_load(&april_file).await,
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let queries = {
         let stop = stop.clone();
@@ -352,8 +453,8 @@ async fn loads_of_two_months_beside_a_query_loop_finish_without_deadlock() {
     let loads = async {
         let (mut a, mut b) = (setup.pg.client().await, setup.pg.client().await);
         let result = tokio::join!(
-            load::run(&setup.ctx, &mut a, load_input(&march)),
-            load::run(&setup.ctx, &mut b, load_input(&april))
+            load::run(&setup.ctx, &mut a, next_march),
+            load::run(&setup.ctx, &mut b, next_april)
         );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         result
@@ -382,7 +483,10 @@ async fn loads_of_two_months_beside_a_query_loop_finish_without_deadlock() {
 #[tokio::test]
 async fn a_swap_blocked_by_a_long_query_times_out_and_leaves_the_current_version() {
     let setup = Setup::new().await;
-    let summary = setup.run(&setup.generate("2021-03", 10_000, 51), None).await.unwrap();
+    let source = setup.generate("2021-03", 10_000, 51);
+    let summary = setup.run(&source, None).await.unwrap();
+    let next = setup.prepare_load(&source).await;
+    let before = setup.snapshot().await;
     // An analyst's long query: holds tripflow.trips in share mode until it ends.
     let mut analyst = setup.pg.client().await;
     let reading = analyst.transaction().await.unwrap();
@@ -393,38 +497,39 @@ async fn a_swap_blocked_by_a_long_query_times_out_and_leaves_the_current_version
         ..DbSettings::default()
     };
     let mut client = tripflow::db::connect_with(setup.pg.url(), &settings).await.unwrap();
-    let err = load::run(&setup.ctx, &mut client, load_input(&summary))
-        .await
-        .unwrap_err();
+    let err = load::run(&setup.ctx, &mut client, next.clone()).await.unwrap_err();
     assert_eq!(err.name(), "Timeout", "{err}");
     assert!(err.is_retryable());
     assert!(err.to_string().contains("lock"), "{err}");
     reading.rollback().await.unwrap();
 
     let client = setup.pg.client().await;
+    // The run was accepted but its swap waits: every reader still sees version 1, in the
+    // database and in every lake table.
     assert_eq!(
         states(&client, "yellow/2021-03").await,
-        [(1, "current".to_string()), (2, "failed".to_string())]
+        [(1, "current".to_string()), (2, "staged".to_string())]
     );
-    assert!(!table_exists(&client, &versions::partition_table_name("yellow/2021-03", 2)).await);
+    assert_eq!(setup.snapshot().await, before);
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
     let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
     assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
-    // Once the query is done, the same load goes through.
+    // Once the query is done, a retry of the same load finishes the publish of version 2.
     let mut client = setup.pg.client().await;
+    assert_eq!(load::run(&setup.ctx, &mut client, next).await.unwrap().version, 2);
     assert_eq!(
-        load::run(&setup.ctx, &mut client, load_input(&summary))
-            .await
-            .unwrap()
-            .version,
-        3
+        states(&client, "yellow/2021-03").await,
+        [(1, "previous".to_string()), (2, "current".to_string())]
     );
 }
 
 #[tokio::test]
 async fn a_load_killed_during_its_swap_leaves_the_current_version_whole() {
     let setup = Setup::new().await;
-    let summary = setup.run(&setup.generate("2021-03", 10_000, 91), None).await.unwrap();
+    let source = setup.generate("2021-03", 10_000, 91);
+    let summary = setup.run(&source, None).await.unwrap();
+    let next = setup.prepare_load(&source).await;
+    let before = setup.snapshot().await;
     // A long query holds the swap inside its transaction (advisory lock taken, waiting for the table).
     let mut analyst = setup.pg.client().await;
     let reading = analyst.transaction().await.unwrap();
@@ -434,7 +539,7 @@ async fn a_load_killed_during_its_swap_leaves_the_current_version_whole() {
     let killer = setup
         .pg
         .terminate_when(pid, "wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%'");
-    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, load_input(&summary)), killer);
+    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, next.clone()), killer);
     assert!(killed, "the swap was never seen waiting for its lock");
     assert_eq!(result.unwrap_err().name(), "DatabaseUnavailable");
     reading.rollback().await.unwrap();
@@ -449,14 +554,16 @@ async fn a_load_killed_during_its_swap_leaves_the_current_version_whole() {
     let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
     assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
     assert_eq!(answers.weekly_top5, summary.weekly_top5);
+    assert_eq!(setup.snapshot().await, before, "no zone changed either");
+    // The run was accepted (its publish intent stored), so it is rolled forward, not repeated: a
+    // retry of the same load finishes the swap of version 2, then the lake commits.
     let mut client = setup.pg.client().await;
+    assert_eq!(load::run(&setup.ctx, &mut client, next).await.unwrap().version, 2);
     assert_eq!(
-        load::run(&setup.ctx, &mut client, load_input(&summary))
-            .await
-            .unwrap()
-            .version,
-        3
+        states(&client, "yellow/2021-03").await,
+        [(1, "previous".to_string()), (2, "current".to_string())]
     );
+    assert_ne!(setup.snapshot().await, before);
 }
 
 #[tokio::test]
@@ -508,11 +615,13 @@ async fn a_statement_past_statement_timeout_is_a_timeout_naming_it() {
 #[tokio::test]
 async fn a_load_killed_during_copy_leaves_the_current_version_and_the_next_load_sweeps_its_table() {
     let setup = Setup::new().await;
-    let summary = setup.run(&setup.generate("2021-03", 150_000, 61), None).await.unwrap();
+    let source = setup.generate("2021-03", 150_000, 61);
+    let summary = setup.run(&source, None).await.unwrap();
+    let next = setup.prepare_load(&source).await;
     let mut loader = setup.pg.client().await;
     let pid: i32 = loader.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let killer = setup.pg.terminate_when(pid, "query LIKE 'COPY %'");
-    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, load_input(&summary)), killer);
+    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, next.clone()), killer);
     assert!(killed, "the load's COPY was never seen running");
     let err = result.unwrap_err();
     assert_eq!(err.name(), "DatabaseUnavailable", "{err}");
@@ -539,13 +648,7 @@ async fn a_load_killed_during_copy_leaves_the_current_version_and_the_next_load_
 
     // The next load finds the dead builder's table (its session lock is gone) and drops it.
     let mut client = setup.pg.client().await;
-    assert_eq!(
-        load::run(&setup.ctx, &mut client, load_input(&summary))
-            .await
-            .unwrap()
-            .version,
-        3
-    );
+    assert_eq!(load::run(&setup.ctx, &mut client, next).await.unwrap().version, 3);
     assert!(!table_exists(&client, &orphan).await);
     assert_eq!(
         states(&client, "yellow/2021-03").await,
@@ -560,7 +663,9 @@ async fn a_load_killed_during_copy_leaves_the_current_version_and_the_next_load_
 #[tokio::test]
 async fn a_version_still_being_built_by_a_live_load_is_not_swept() {
     let setup = Setup::new().await;
-    let summary = setup.run(&setup.generate("2021-03", 5_000, 71), None).await.unwrap();
+    let source = setup.generate("2021-03", 5_000, 71);
+    setup.run(&source, None).await.unwrap();
+    let next = setup.prepare_load(&source).await;
     // A live builder: a session holding the staging lock of version 2, as stage_version does.
     let builder = setup.pg.client().await;
     let table = versions::partition_table_name("yellow/2021-03", 2);
@@ -574,13 +679,7 @@ async fn a_version_still_being_built_by_a_live_load_is_not_swept() {
         .await
         .unwrap();
     let mut client = setup.pg.client().await;
-    assert_eq!(
-        load::run(&setup.ctx, &mut client, load_input(&summary))
-            .await
-            .unwrap()
-            .version,
-        3
-    );
+    assert_eq!(load::run(&setup.ctx, &mut client, next).await.unwrap().version, 3);
     assert!(
         table_exists(&client, &table).await,
         "a live builder's table is left alone"
@@ -612,14 +711,6 @@ async fn a_database_from_before_migrations_keeps_its_old_rows_aside_and_loads_ve
         .unwrap()
         .get(0);
     assert_eq!(kept, 1, "the old rows are kept aside, not dropped");
-}
-
-fn load_input(summary: &RunSummary) -> LoadInput {
-    LoadInput {
-        dataset: "yellow".into(),
-        period: summary.load.period,
-        manifest_key: summary.transform.manifest_key.clone(),
-    }
 }
 
 /// Every version of a source with its state, in order.
@@ -679,15 +770,11 @@ async fn two_loads_of_the_same_source_at_once_are_serialised() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 20_000, 9);
     let summary = setup.run(&source, None).await.unwrap();
-    let input = LoadInput {
-        dataset: "yellow".into(),
-        period: summary.load.period,
-        manifest_key: summary.transform.manifest_key.clone(),
-    };
+    let (first, second) = (setup.prepare_load(&source).await, setup.prepare_load(&source).await);
     let (mut a, mut b) = (setup.pg.client().await, setup.pg.client().await);
     let (ra, rb) = tokio::join!(
-        load::run(&setup.ctx, &mut a, input.clone()),
-        load::run(&setup.ctx, &mut b, input)
+        load::run(&setup.ctx, &mut a, first),
+        load::run(&setup.ctx, &mut b, second)
     );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     // The second to take the lock saw the first one's rows, never a mix.
@@ -911,20 +998,18 @@ async fn a_count_mismatch_rolls_back_and_keeps_the_previous_load() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 8_000, 6);
     let summary = setup.run(&source, None).await.unwrap();
+    let input = setup.prepare_load(&source).await;
+    let before = setup.snapshot().await;
     // Claim one more curated row than the files hold: the database count cannot match.
-    let manifest_path = setup.dir.path().join("zones").join(&summary.transform.manifest_key);
+    let manifest_path = setup.dir.path().join("zones").join(&input.manifest_key);
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     manifest["output"]["rows_curated"] = serde_json::json!(summary.rows_curated + 1);
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
 
     let mut client = setup.pg.client().await;
-    let input = LoadInput {
-        dataset: "yellow".into(),
-        period: summary.load.period,
-        manifest_key: summary.transform.manifest_key.clone(),
-    };
     let err = load::run(&setup.ctx, &mut client, input).await.unwrap_err();
     assert_eq!(err.name(), "LoadCountMismatch");
+    assert_eq!(setup.snapshot().await, before, "no zone and no table changed");
     assert_eq!(
         setup.pg.trip_count("yellow/2021-03").await as u64,
         summary.rows_loaded,

@@ -151,11 +151,22 @@ impl Setup {
                             .build(),
                     )
                     .build()
-            } else {
+            } else if zone == "raw" {
                 aws_sdk_glue::types::CrawlerTargets::builder()
                     .s3_targets(
                         aws_sdk_glue::types::S3Target::builder()
                             .path(format!("s3://{BUCKET}/{zone}/"))
+                            .build(),
+                    )
+                    .build()
+            } else {
+                // As in template.yaml: clean and curated are Delta tables, crawled as such.
+                aws_sdk_glue::types::CrawlerTargets::builder()
+                    .delta_targets(
+                        aws_sdk_glue::types::DeltaTarget::builder()
+                            .delta_tables(format!("s3://{BUCKET}/{zone}/yellow/"))
+                            .create_native_delta_table(true)
+                            .write_manifest(false)
                             .build(),
                     )
                     .build()

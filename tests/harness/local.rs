@@ -61,6 +61,31 @@ impl Setup {
         run_all(&self.ctx, &mut client, input).await
     }
 
+    /// A new run of `source` through ingest, clean and transform, not loaded or published: what a
+    /// test hands to `load::run` to drive the load and publish itself.
+    pub async fn prepare_load(&self, source: &Path) -> tripflow::stages::load::LoadInput {
+        let input = IngestInput {
+            source: source.display().to_string(),
+            ..IngestInput::default()
+        };
+        tripflow::pipeline::prepare(&self.ctx, input)
+            .await
+            .unwrap()
+            .load_input()
+    }
+
+    /// The month's live files in each lake table (what readers of the lake see), by table root.
+    pub async fn live_files(&self, month: &str) -> BTreeMap<String, Vec<String>> {
+        let mut live = BTreeMap::new();
+        for table in tripflow::lake::tables("yellow") {
+            let files = tripflow::lake::live_files(self.ctx.store.as_ref(), &table, month.parse().unwrap())
+                .await
+                .unwrap();
+            live.insert(table.root(), files.into_iter().map(|f| f.key).collect());
+        }
+        live
+    }
+
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         self.ctx.store.list(prefix).await.unwrap()
     }
@@ -83,10 +108,21 @@ impl Setup {
     }
 
     pub async fn snapshot(&self) -> Snapshot {
+        // What readers see: raw copies, the current reports, and of each lake table its log and
+        // the files the log lists as live. Files a run wrote but never published are not seen.
+        let mut live = std::collections::BTreeSet::new();
+        for table in tripflow::lake::tables("yellow") {
+            live.extend(
+                tripflow::lake::all_live_keys(self.ctx.store.as_ref(), &table)
+                    .await
+                    .unwrap(),
+            );
+        }
         let mut objects = BTreeMap::new();
         for zone in ["raw/", "clean/", "quarantine/", "curated/", "reports/"] {
             for key in self.keys(zone).await {
-                if key.contains("/runs/") {
+                let lake_zone = ["clean/", "quarantine/", "curated/"].contains(&zone);
+                if key.contains("/runs/") || (lake_zone && !key.contains("/_delta_log/") && !live.contains(&key)) {
                     continue;
                 }
                 let md5 = tripflow::storage::md5_of(self.ctx.store.as_ref(), &key)

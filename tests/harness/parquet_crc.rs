@@ -100,7 +100,6 @@ pub fn with_page_crcs(file: &[u8]) -> Vec<u8> {
     }
     let metadata = metadata.into_builder().set_row_groups(row_groups).build();
     ParquetMetaDataWriter::new(&mut out, &metadata)
-        .with_preserve_page_index_locations(false)
         .finish()
         .expect("write footer");
     out

@@ -66,7 +66,7 @@ impl StageState {
     }
 
     pub fn from_parts(sdk: &aws_config::SdkConfig, env: StageEnv) -> Self {
-        let store = S3Store::new(s3_client(sdk, &env.s3_timeouts), env.bucket);
+        let store = S3Store::from_sdk(sdk, &env.s3_timeouts, env.bucket);
         StageState::new(StageContext::new(Arc::new(store), env.pipeline))
     }
 }

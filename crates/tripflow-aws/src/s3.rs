@@ -39,14 +39,40 @@ const COPY_OBJECT_LIMIT: u64 = 5 << 30;
 pub struct S3Store {
     client: Client,
     bucket: String,
+    /// The S3 endpoint when it is not AWS's (moto, LocalStack), for delta-rs's own client.
+    endpoint: Option<String>,
+    /// The SDK's credentials, resolved for delta-rs when it opens a table; without them (a store
+    /// built from a bare client) delta-rs reads the environment, as a Lambda provides it.
+    credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
+    timeouts: S3Timeouts,
 }
 
 impl S3Store {
+    /// A store over `client`; a custom endpoint is taken from `AWS_ENDPOINT_URL_S3` or
+    /// `AWS_ENDPOINT_URL` if set. Prefer [`S3Store::from_sdk`], which knows the SDK's endpoint.
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
         S3Store {
             client,
             bucket: bucket.into(),
+            endpoint,
+            credentials: None,
+            timeouts: S3Timeouts::default(),
         }
+    }
+
+    /// A store with its S3 client built from `sdk` (see [`s3_client`]); the Delta tables are reached
+    /// at the same endpoint, region and credentials.
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, timeouts: &S3Timeouts, bucket: impl Into<String>) -> Self {
+        let mut store = S3Store::new(s3_client(sdk, timeouts), bucket);
+        if let Some(endpoint) = sdk.endpoint_url() {
+            store.endpoint = Some(endpoint.to_string());
+        }
+        store.credentials = sdk.credentials_provider();
+        store.timeouts = *timeouts;
+        store
     }
 
     pub fn bucket(&self) -> &str {
@@ -165,6 +191,50 @@ fn copy_source(bucket: &str, key: &str) -> String {
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
         format!("s3://{}", self.bucket)
+    }
+
+    /// delta-rs speaks to S3 through object_store, not this SDK client: hand it the same endpoint,
+    /// region, credentials (resolved now: a Lambda's role credentials come from its environment) and
+    /// timeouts. Commits use conditional puts (`If-None-Match`), so no lock table is needed.
+    async fn lake_location(&self, prefix: &str) -> Result<tripflow::lake::LakeLocation> {
+        use aws_sdk_s3::config::ProvideCredentials;
+        static SCHEMES: std::sync::Once = std::sync::Once::new();
+        SCHEMES.call_once(|| deltalake_aws::register_handlers(None));
+
+        let url = url::Url::parse(&format!("s3://{}/{prefix}", self.bucket))
+            .map_err(|e| Error::InvalidInput(format!("s3://{}/{prefix} is not a URL: {e}", self.bucket)))?;
+        let config = self.client.config();
+        let mut options = std::collections::HashMap::new();
+        if let Some(region) = config.region() {
+            options.insert("AWS_REGION".to_string(), region.to_string());
+        }
+        if let Some(endpoint) = &self.endpoint {
+            options.insert("AWS_ENDPOINT_URL".to_string(), endpoint.clone());
+            if endpoint.starts_with("http://") {
+                options.insert("AWS_ALLOW_HTTP".to_string(), "true".to_string());
+            }
+        }
+        if let Some(provider) = &self.credentials {
+            let credentials = provider
+                .provide_credentials()
+                .await
+                .map_err(|e| Error::StorageRefused {
+                    action: "finding credentials for",
+                    key: url.to_string(),
+                    detail: e.to_string(),
+                })?;
+            options.insert("AWS_ACCESS_KEY_ID".to_string(), credentials.access_key_id().to_string());
+            options.insert(
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                credentials.secret_access_key().to_string(),
+            );
+            if let Some(token) = credentials.session_token() {
+                options.insert("AWS_SESSION_TOKEN".to_string(), token.to_string());
+            }
+        }
+        options.insert("connect_timeout".to_string(), format!("{}s", self.timeouts.connect_s));
+        options.insert("timeout".to_string(), format!("{}s", self.timeouts.attempt_s));
+        Ok(tripflow::lake::LakeLocation { url, options })
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {

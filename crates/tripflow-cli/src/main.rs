@@ -14,7 +14,7 @@ use tripflow::period::Period;
 use tripflow::pipeline::{RunSummary, run_all};
 use tripflow::stages::StageContext;
 use tripflow::stages::ingest::IngestInput;
-use tripflow::storage::LocalStore;
+use tripflow::storage::{Layout, LocalStore};
 use tripflow::{Error, Result};
 
 mod report;
@@ -41,6 +41,9 @@ enum Command {
     /// List the versions of one month in the database (newest first): when, from which file, rows,
     /// average speed, which one is current.
     History(HistoryArgs),
+    /// Make an earlier version of one month current again, in every lake table and the database,
+    /// the way a run publishes (one Delta commit per table, then the database swap).
+    Restore(RestoreArgs),
     /// Generate a synthetic month of trips with the official schema and realistic defects.
     Gen(GenArgs),
     /// Manage the private PostgreSQL cluster `tripflow` starts when no database URL is given.
@@ -128,6 +131,21 @@ struct HistoryArgs {
     source_id: String,
     /// Print one JSON object per version (keys version, md5, rows_kept, avg_speed_mph, created_at,
     /// current), as a JSON array.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    place: Place,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The month, as DATASET/YYYY-MM (e.g. yellow/2021-03).
+    #[arg(value_name = "DATASET/YYYY-MM", value_parser = parse_source_id)]
+    source_id: String,
+    /// The version to make current (see `tripflow history`).
+    #[arg(long, value_name = "N")]
+    version: i32,
+    /// Print what was done as one JSON object on stdout.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -312,6 +330,23 @@ async fn execute(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Restore(args) => {
+            let (dataset, month) = args.source_id.split_once('/').unwrap_or_default();
+            let layout = Layout::new(dataset, month.parse::<Period>()?);
+            let store = Arc::new(LocalStore::open(&args.place.data_dir)?);
+            // A restore is a publish: no run of the month may be under way meanwhile.
+            let _month = store.lock_month(&layout)?;
+            let ctx = StageContext::new(store, PipelineConfig::from_env()?);
+            let mut client = database(&args.place).await?;
+            let restored = tripflow::handoff::restore(&ctx, &mut client, &layout, args.version).await?;
+            if args.json {
+                let text = serde_json::to_string_pretty(&restored).map_err(|e| Error::InvalidInput(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", report::restored_text(&restored));
+            }
+            Ok(())
+        }
         Command::Gen(args) => {
             let summary = write_month(
                 &args.out,
@@ -364,7 +399,10 @@ async fn database(place: &Place) -> Result<tokio_postgres::Client> {
 async fn run(place: &Place, config: PipelineConfig, input: IngestInput) -> Result<RunSummary> {
     let store = Arc::new(LocalStore::open(&place.data_dir)?);
     // One run of a month at a time, from ingest to the answers, so the summary is this run's own.
-    let _month = store.lock_month(&tripflow::stages::ingest::layout_of(&input)?)?;
+    let layout = tripflow::stages::ingest::layout_of(&input)?;
+    let _month = store.lock_month(&layout)?;
+    // What earlier runs of the month left unpublished (killed, refused late) goes first.
+    tripflow::handoff::sweep_unpublished(store.as_ref(), &layout).await?;
     let ctx = StageContext::new(store, config);
     let mut client = database(place).await?;
     run_all(&ctx, &mut client, input).await

@@ -151,6 +151,39 @@ pub fn history_text(source_id: &str, versions: &[VersionInfo]) -> String {
     out
 }
 
+pub fn restored_text(restored: &tripflow::handoff::Restored) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} is at version {} again (was {})",
+        restored.source_id,
+        restored.version,
+        restored.previous_version.map_or("none".to_string(), |v| v.to_string())
+    );
+    for commit in &restored.commits {
+        let _ = writeln!(
+            out,
+            "  {:<20} Delta version {}{}",
+            commit.table,
+            commit.delta_version,
+            if commit.already_live {
+                " (already current)".to_string()
+            } else {
+                format!(" (+{} files, -{} files)", commit.files_added, commit.files_removed)
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  rows kept {}, average speed {}",
+        thousands(restored.rows_kept),
+        restored
+            .avg_speed_mph
+            .map_or("-".to_string(), |s| format!("{s:.3} mph"))
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -381,6 +381,46 @@ async fn history_lists_each_loaded_version_newest_first_with_its_source_md5() {
 
     let bad = tripflow().args(["history", "2021-03"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2), "a malformed month is a usage error");
+
+    // restore --version 1: the first file's version is current again, in the answers and the lake.
+    let restore = |version: &str| {
+        tripflow()
+            .args(["restore", "yellow/2021-03", "--version", version, "--json"])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("DATABASE_URL", pg.url())
+            .output()
+            .unwrap()
+    };
+    let restored = restore("1");
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let restored: serde_json::Value = serde_json::from_slice(&restored.stdout).unwrap();
+    assert_eq!(restored["version"], 1);
+    assert_eq!(restored["previous_version"], 2);
+    assert_eq!(restored["rows_kept"], md5s[0].1);
+    assert_eq!(restored["avg_speed_mph"], md5s[0].2);
+    assert_eq!(restored["commits"].as_array().unwrap().len(), 3, "{restored}");
+    let history = tripflow()
+        .args(["history", "yellow/2021-03", "--json"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .unwrap();
+    let versions: Vec<serde_json::Value> = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(
+        (versions[1]["version"].clone(), versions[1]["current"].clone()),
+        (1.into(), true.into())
+    );
+
+    let missing = restore("7");
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("error: VersionNotFound"), "{stderr}");
 }
 
 #[tokio::test]
@@ -469,4 +509,152 @@ fn demo_as_root_in_a_folder_the_postgres_user_cannot_enter_still_starts_its_clus
         "the cluster moved where it can run: {note}"
     );
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+}
+
+/// What readers see of March in each lake table: the run whose files are live and their rows.
+/// Panics if a table lists files of two runs at once (a mix of versions).
+async fn lake_state(data: &std::path::Path) -> Vec<(String, Option<String>, u64)> {
+    let store = tripflow::storage::LocalStore::open(data).unwrap();
+    let mut state = Vec::new();
+    for table in tripflow::lake::tables("yellow") {
+        let live = tripflow::lake::live_files(&store, &table, "2021-03".parse().unwrap())
+            .await
+            .unwrap();
+        let runs: std::collections::BTreeSet<String> = live
+            .iter()
+            .map(|f| {
+                let name = f.key.rsplit('/').next().unwrap();
+                name.trim_start_matches("part-")
+                    .trim_end_matches(".parquet")
+                    .to_string()
+            })
+            .collect();
+        assert!(runs.len() <= 1, "{} mixes runs {runs:?}", table.root());
+        let rows = live.iter().map(|f| f.rows.unwrap()).sum();
+        state.push((table.root(), runs.into_iter().next(), rows));
+    }
+    state
+}
+
+/// Rows each lake table holds for a run summary: (quarantine, clean, curated), in publish order.
+fn table_rows(summary: &serde_json::Value) -> Vec<u64> {
+    let (rows_in, kept) = (
+        summary["rows_in"].as_u64().unwrap(),
+        summary["rows_kept"].as_u64().unwrap(),
+    );
+    vec![rows_in - kept, kept, kept]
+}
+
+#[tokio::test]
+async fn kill_9_at_seeded_random_points_leaves_every_zone_on_one_version_and_a_rerun_converges() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (a, b) = (
+        dir.path().join("a/yellow_tripdata_2021-03.parquet"),
+        dir.path().join("b/yellow_tripdata_2021-03.parquet"),
+    );
+    for (file, seed) in [(&a, 1), (&b, 2)] {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        generate_march(file, 150_000, seed);
+    }
+    let started = std::time::Instant::now();
+    let first = tripflow_run(&a, &data, pg.url()).arg("--json").output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let whole_run = started.elapsed().as_secs_f64();
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let tables_of_first = lake_state(&data).await;
+
+    // Kill points spread over the whole run (ingest to the last commit), from a fixed seed so a
+    // failure can be replayed; printed so the log says where each landed.
+    let mut seed: u64 = 0x0072_6970_666c_6f77;
+    let mut next_fraction = || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    };
+    let mut observed = Vec::new();
+    for point in 0..10 {
+        let delay = whole_run * (0.05 + 1.05 * next_fraction());
+        let mut child = tripflow_run(&b, &data, pg.url())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs_f64(delay));
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        eprintln!(
+            "kill point {point}: after {delay:.2} s of a {whole_run:.2} s run (finished first: {finished}, {status})"
+        );
+        let answers = tripflow::db::answers(&pg.client().await, "yellow/2021-03")
+            .await
+            .unwrap();
+        observed.push((lake_state(&data).await, answers.avg_speed_mph));
+    }
+
+    // A run that is left alone finishes whatever was pending and publishes B everywhere.
+    let last = tripflow_run(&b, &data, pg.url()).arg("--json").output().unwrap();
+    assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
+    let last: serde_json::Value = serde_json::from_slice(&last.stdout).unwrap();
+    let run_b = last["ingest"]["run_id"].as_str().unwrap().to_string();
+    let converged = lake_state(&data).await;
+    assert_eq!(
+        converged
+            .iter()
+            .map(|(_, run, rows)| (run.clone(), *rows))
+            .collect::<Vec<_>>(),
+        table_rows(&last)
+            .into_iter()
+            .map(|rows| (Some(run_b.clone()), rows))
+            .collect::<Vec<_>>()
+    );
+    let answers = tripflow::db::answers(&pg.client().await, "yellow/2021-03")
+        .await
+        .unwrap();
+    assert_eq!(answers.avg_speed_mph, last["avg_speed_mph"].as_f64());
+    assert_eq!(
+        pg.trip_count("yellow/2021-03").await as u64,
+        last["rows_kept"].as_u64().unwrap()
+    );
+    assert_eq!(staging_files(&data), 0, "litter of killed runs is removed");
+    assert!(
+        observed.iter().any(|(tables, _)| tables[2].1 != tables_of_first[2].1),
+        "no kill point fell after a publish: the points do not cover the run"
+    );
+    // Every file under the month's partitions is live or a kept version's: no unpublished leftovers.
+    let store = tripflow::storage::LocalStore::open(&data).unwrap();
+    let swept = tripflow::handoff::sweep_unpublished(
+        &store,
+        &tripflow::storage::Layout::new("yellow", "2021-03".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(swept.is_empty(), "left behind: {swept:?}");
+
+    // After every kill, each table and the database held A's version or B's, never a part of one.
+    let (rows_a, rows_b) = (table_rows(&first), table_rows(&last));
+    let (avg_a, avg_b) = (first["avg_speed_mph"].as_f64(), last["avg_speed_mph"].as_f64());
+    for (point, (tables, avg)) in observed.iter().enumerate() {
+        for (i, (table, _, rows)) in tables.iter().enumerate() {
+            assert!(
+                *rows == rows_a[i] || *rows == rows_b[i],
+                "kill point {point}: {table} holds {rows} rows, neither A's {} nor B's {}",
+                rows_a[i],
+                rows_b[i]
+            );
+        }
+        // PostgreSQL may sum float8 in parallel workers, in any order: the last bits may differ.
+        let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * y.abs(),
+            _ => x == y,
+        };
+        assert!(
+            close(*avg, avg_a) || close(*avg, avg_b),
+            "kill point {point}: average {avg:?}, A's {avg_a:?}, B's {avg_b:?}"
+        );
+    }
 }

@@ -147,6 +147,20 @@ pub enum Error {
     #[error("received {signal}; in-flight writes were discarded, nothing unfinished was published")]
     Interrupted { signal: &'static str },
 
+    /// A Delta commit to a lake table kept meeting other writers' commits and did not land within
+    /// its attempts. Nothing changed in that table; retryable.
+    #[error("commit to the Delta table {table} did not land: {detail}")]
+    CommitConflict { table: String, detail: String },
+
+    /// `restore` was asked for a version the source does not have (never made, or dropped by
+    /// retention). Nothing changed.
+    #[error("{source_id} has no restorable version {version}: {detail}")]
+    VersionNotFound {
+        source_id: String,
+        version: i32,
+        detail: String,
+    },
+
     /// PostgreSQL refused a statement (constraint, permission, SQL error). Not retryable.
     #[error("database error: {0}")]
     DatabaseError(String),
@@ -193,6 +207,8 @@ impl Error {
             Error::DatabaseError(_) => "DatabaseError",
             Error::Interrupted { .. } => "Interrupted",
             Error::ConcurrentRun { .. } => "ConcurrentRun",
+            Error::CommitConflict { .. } => "CommitConflict",
+            Error::VersionNotFound { .. } => "VersionNotFound",
         }
     }
 
@@ -273,6 +289,8 @@ pub const ERROR_NAMES: &[&str] = &[
     "DatabaseError",
     "Interrupted",
     "ConcurrentRun",
+    "CommitConflict",
+    "VersionNotFound",
 ];
 
 /// The names of the errors a retry may cure: the state machine's `Retry` lists exactly these.
@@ -282,6 +300,7 @@ pub const RETRYABLE_ERROR_NAMES: &[&str] = &[
     "Timeout",
     "SourceUnavailable",
     "DatabaseUnavailable",
+    "CommitConflict",
 ];
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,6 +12,8 @@ pub mod contract;
 pub mod db;
 pub mod error;
 pub mod generator;
+pub mod handoff;
+pub mod lake;
 pub mod manifest;
 pub mod parquet_io;
 pub mod period;

@@ -45,17 +45,48 @@ pub struct StageSeconds {
     pub queries: f64,
 }
 
-/// Runs ingest, clean, transform and load, then reads the two answers.
-pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput) -> Result<RunSummary> {
-    let mut seconds = StageSeconds::default();
-    let mut timer = Instant::now();
-    let mut lap = |slot: &mut f64| {
-        *slot = timer.elapsed().as_secs_f64();
-        timer = Instant::now();
-        tracing::debug!(seconds = *slot, peak_rss_bytes = peak_rss_bytes(), "stage finished");
-    };
+/// What ingest, clean and transform of one run produced: files written, nothing published yet.
+#[derive(Debug, Clone)]
+pub struct PreparedRun {
+    pub ingested: IngestOutput,
+    pub cleaned: CleanOutput,
+    pub transformed: TransformOutput,
+}
 
-    let source = input.source.clone();
+impl PreparedRun {
+    /// The input of the run's load (which publishes it).
+    pub fn load_input(&self) -> LoadInput {
+        Self::load_input_of(&self.transformed)
+    }
+
+    fn load_input_of(transformed: &TransformOutput) -> LoadInput {
+        LoadInput {
+            dataset: transformed.dataset.clone(),
+            period: transformed.period,
+            manifest_key: transformed.manifest_key.clone(),
+        }
+    }
+}
+
+/// Times stages one after the other.
+struct Stopwatch(Instant);
+
+impl Stopwatch {
+    fn lap(&mut self, slot: &mut f64) {
+        *slot = self.0.elapsed().as_secs_f64();
+        self.0 = Instant::now();
+        tracing::debug!(seconds = *slot, peak_rss_bytes = peak_rss_bytes(), "stage finished");
+    }
+}
+
+/// Ingest, clean and transform: everything of a run before its load and publish.
+pub async fn prepare(ctx: &StageContext, input: IngestInput) -> Result<PreparedRun> {
+    prepare_timed(ctx, input, &mut StageSeconds::default()).await
+}
+
+async fn prepare_timed(ctx: &StageContext, input: IngestInput, seconds: &mut StageSeconds) -> Result<PreparedRun> {
+    let mut stopwatch = Stopwatch(Instant::now());
+    let mut lap = |slot: &mut f64| stopwatch.lap(slot);
     let ingested = ingest::run(ctx, input).await?;
     lap(&mut seconds.ingest);
 
@@ -93,17 +124,26 @@ pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput
     )
     .await?;
     lap(&mut seconds.transform);
+    Ok(PreparedRun {
+        ingested,
+        cleaned,
+        transformed,
+    })
+}
 
-    let loaded = load::run(
-        ctx,
-        client,
-        LoadInput {
-            dataset: transformed.dataset.clone(),
-            period: transformed.period,
-            manifest_key: transformed.manifest_key.clone(),
-        },
-    )
-    .await?;
+/// Runs ingest, clean, transform and load (which publishes), then reads the two answers.
+pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput) -> Result<RunSummary> {
+    let mut seconds = StageSeconds::default();
+    let source = input.source.clone();
+    let PreparedRun {
+        ingested,
+        cleaned,
+        transformed,
+    } = prepare_timed(ctx, input, &mut seconds).await?;
+    let mut stopwatch = Stopwatch(Instant::now());
+    let mut lap = |slot: &mut f64| stopwatch.lap(slot);
+
+    let loaded = load::run(ctx, client, PreparedRun::load_input_of(&transformed)).await?;
     lap(&mut seconds.load);
 
     let Answers {

@@ -708,6 +708,18 @@ pub async fn make_current(client: &mut Client, source_id: &str, version: i32) ->
     })
 }
 
+/// The state of one version (`staged`, `current`, `previous`, `dropped`, `discarded`), if it exists.
+pub async fn version_state(client: &Client, source_id: &str, version: i32) -> Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT state FROM tripflow.versions WHERE source_id = $1 AND version = $2",
+            &[&source_id, &version],
+        )
+        .await
+        .map_err(classify)?
+        .map(|row| row.get(0)))
+}
+
 /// Every version of `source_id` that was ever swapped in, oldest first, with its answers.
 pub async fn history(client: &Client, source_id: &str) -> Result<Vec<VersionInfo>> {
     let rows = client

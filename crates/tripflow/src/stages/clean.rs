@@ -1,7 +1,10 @@
 //! **clean.** Reads the raw object of one source (after checking it against the ingest manifest),
 //! row group by row group and only the contract's columns, and applies the rules below. Kept rows go
-//! to `clean/`, rejected rows with a `reject_reason` column to `quarantine/`: every input row is
-//! accounted for (`rows_in = rows_kept + sum(rows_rejected)`). Returns counts per rule and a verdict.
+//! to a file of the run in the `clean/` table, rejected rows with a `reject_reason` column to one in
+//! `quarantine/`: every input row is accounted for (`rows_in = rows_kept + sum(rows_rejected)`).
+//! Readers see neither file until the run is published ([`crate::handoff`]); the run's manifest
+//! (`reports/<dataset>/<period>/runs/<run_id>/clean.json`) lists them for transform. Returns counts
+//! per rule and a verdict.
 //!
 //! Two guards decide before anything is published, so a refused file changes nothing readers see:
 //! - `TooManyRejectedRows` (a verdict, for the state machine's Choice) when the rejected share
@@ -78,6 +81,9 @@ pub struct CleanOutput {
     /// The MD5 of the source this version came from (ingest's), carried to the version history.
     #[serde(default)]
     pub source_md5: String,
+    /// The run whose files these are (ingest's run id).
+    #[serde(default)]
+    pub run_id: String,
 }
 
 /// Why a row was rejected. The rules are tried in this order and the first that matches names the
@@ -374,7 +380,14 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         });
     }
 
-    let (clean_key, quarantine_key) = (layout.clean_key(), layout.quarantine_key());
+    // Files are named for the run so they sit beside the live ones until the publish; an input
+    // without a run id (an event from before run ids) gets one here.
+    let run_id = if input.run_id.is_empty() {
+        ingest::new_run_id()
+    } else {
+        input.run_id.clone()
+    };
+    let (clean_key, quarantine_key) = (layout.clean_key(&run_id), layout.quarantine_key(&run_id));
     info!(raw_key = %input.raw_key, %clean_key, "clean started");
     let (schema, stream) = open_projected(store, &input.raw_key).await?;
     let source = contract::check(&schema)?;
@@ -452,24 +465,21 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         period: input.period,
         clean_key,
         quarantine_key,
-        manifest_key: layout.report_key(STAGE),
+        manifest_key: layout.run_report_key(&run_id, STAGE),
         rows_in,
         rows_kept,
         rows_rejected: counts,
         rejected_ratio,
         max_rejected_ratio,
         source_md5: manifest.output.md5.clone(),
+        run_id: run_id.clone(),
     };
     if verdict != Verdict::Ok {
         // A refused file changes nothing readers see: the current clean and quarantine objects and
         // their manifest stay. The counts go to a report of their own, for the operator.
         kept_sink.abort().await?;
         rejected_sink.abort().await?;
-        output.manifest_key = if input.run_id.is_empty() {
-            layout.report_key(REFUSED_REPORT)
-        } else {
-            layout.run_report_key(&input.run_id, REFUSED_REPORT)
-        };
+        output.manifest_key = layout.run_report_key(&run_id, REFUSED_REPORT);
         put_json(store.as_ref(), &output.manifest_key, &output).await?;
         info!(rows_in, rows_kept, rejected = ?counts, rejected_ratio, verdict = ?verdict, "clean refused the file");
         return Ok(output);

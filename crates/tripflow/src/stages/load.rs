@@ -1,10 +1,11 @@
 //! **load.** Puts the curated rows of one source into PostgreSQL (Aurora in AWS, a local cluster for
-//! `tripflow run`) as a new version, never deleting the old one. Checks every curated object against
-//! the transform manifest, applies pending schema migrations, builds the new version as its own table
-//! (binary COPY, count check against the curated count, indexes, `ANALYZE`, answers; see
-//! [`crate::db::versions`]), then swaps it into `tripflow.trips` in one short transaction. A
-//! `LoadCountMismatch`, a timeout or any other failure before the swap leaves the current version as
-//! it was; readers see the old version or the new one, never both, never none.
+//! `tripflow run`) as a new version, never deleting the old one, then publishes the run. Checks every
+//! curated object against the run's transform manifest, applies pending schema migrations, builds the
+//! new version as its own table (binary COPY, count check against the curated count, indexes,
+//! `ANALYZE`, answers; see [`crate::db::versions`]), then hands the run to [`crate::handoff::publish`]:
+//! the lake tables' commits and the database swap. A `LoadCountMismatch`, a timeout or any other
+//! failure before the publish leaves every zone and the database as they were; readers see the old
+//! version or the new one, never both, never none.
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
@@ -18,15 +19,17 @@ use tracing::info;
 
 use super::StageContext;
 use super::Verdict;
+use super::clean;
 use super::transform::{self, DURATION_S, PICKUP_WEEK, SPEED_MPH, TransformOutput};
 use crate::contract::col;
 use crate::db::versions::{self, StageRequest, TripRows};
-use crate::db::{self, TRIPS_TABLE, classify};
+use crate::db::{self, classify};
 use crate::error::{Error, Result};
+use crate::handoff::{self, IntentState, PublishIntent};
 use crate::manifest::Manifest;
 use crate::parquet_io::{decode_error, open_stream};
 use crate::period::Period;
-use crate::storage::{Layout, md5_of, put_json};
+use crate::storage::{Layout, get_json, md5_of, put_json};
 
 pub const STAGE: &str = "load";
 
@@ -52,6 +55,9 @@ pub struct LoadOutput {
     /// The version this load made current (absent in outputs of loads before versions existed).
     #[serde(default)]
     pub version: i32,
+    /// The run this version came from.
+    #[serde(default)]
+    pub run_id: String,
 }
 
 /// One row's values in COPY column order.
@@ -198,11 +204,41 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     let store = &ctx.store;
     let manifest =
         Manifest::<TransformOutput>::read(store.as_ref(), &input.manifest_key, transform::STAGE, &source_id).await?;
+    let run_id = manifest.output.run_id.clone();
+    if run_id.is_empty() {
+        return Err(Error::IntegrityError {
+            key: input.manifest_key.clone(),
+            detail: "the transform manifest names no run".into(),
+        });
+    }
+    db::migrate(client).await?;
+    // A run of this month that died mid-publish is finished first, so versions stay in order.
+    handoff::roll_forward(ctx, client, &layout, Some(&run_id)).await?;
+
+    // A retried load of a run that already reached its publish resumes it instead of loading again.
+    let intent_key = layout.run_report_key(&run_id, handoff::INTENT_REPORT);
+    match get_json::<PublishIntent>(store.as_ref(), &intent_key).await {
+        Ok(intent) => match intent.state {
+            IntentState::Pending => return Ok(handoff::publish(ctx, client, intent).await?.load),
+            IntentState::Done => {
+                let record: handoff::VersionRecord =
+                    get_json(store.as_ref(), &layout.version_key(intent.staged.version)).await?;
+                return Ok(record.load);
+            }
+            IntentState::Abandoned => {
+                return Err(Error::IntegrityError {
+                    key: intent_key,
+                    detail: "this run's publish was abandoned; run the month again".into(),
+                });
+            }
+        },
+        Err(Error::ObjectNotFound { .. }) => {}
+        Err(err) => return Err(err),
+    }
+
     manifest.verify_objects(store.as_ref()).await?;
     let manifest_md5 = md5_of(store.as_ref(), &input.manifest_key).await?.md5;
     let rows_curated = manifest.output.rows_curated;
-
-    db::migrate(client).await?;
     let request = StageRequest {
         source_id: source_id.clone(),
         expected_rows: rows_curated,
@@ -217,35 +253,30 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
         source_id: &source_id,
     };
     let staged = versions::stage_version(client, &request, &mut rows).await?;
-    let swapped = match versions::swap_in(client, &staged).await {
-        Ok(swapped) => swapped,
-        Err(err) => {
-            // Not swapped in: the current version is untouched; drop the staged one.
-            versions::discard(client, &staged).await;
-            return Err(err);
-        }
+    let intent = PublishIntent {
+        dataset: input.dataset.clone(),
+        period: input.period,
+        run_id: run_id.clone(),
+        clean_manifest_key: layout.run_report_key(&run_id, clean::STAGE),
+        transform_manifest_key: input.manifest_key.clone(),
+        staged,
+        state: IntentState::Pending,
+        created_at: chrono::Utc::now(),
     };
+    // Until the intent is stored, the run is not accepted: a failure drops the staged version.
+    if let Err(err) = put_json(store.as_ref(), &intent_key, &intent).await {
+        versions::discard(client, &intent.staged).await;
+        return Err(err);
+    }
+    let published = handoff::publish(ctx, client, intent).await?;
     info!(
         %source_id,
-        version = swapped.version,
-        rows_loaded = staged.rows_loaded,
-        rows_replaced = swapped.rows_replaced,
+        version = published.load.version,
+        rows_loaded = published.load.rows_loaded,
+        rows_replaced = published.load.rows_replaced,
         "load done"
     );
-    let output = LoadOutput {
-        verdict: Verdict::Ok,
-        dataset: input.dataset,
-        period: input.period,
-        source_id,
-        rows_curated,
-        rows_loaded: staged.rows_loaded,
-        rows_replaced: swapped.rows_replaced,
-        table: TRIPS_TABLE.to_string(),
-        version: swapped.version,
-    };
-    // Committed already: a failure here is retried, and the retry swaps in another identical version.
-    put_json(store.as_ref(), &layout.report_key(STAGE), &output).await?;
-    Ok(output)
+    Ok(published.load)
 }
 
 #[cfg(test)]

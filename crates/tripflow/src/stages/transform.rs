@@ -1,10 +1,11 @@
 //! **transform.** Reads the clean object of one source (after checking it against the clean manifest),
 //! swaps the location IDs the source system is known to swap (161 <-> 237 by default, pickup and
 //! dropoff alike), derives `duration_s`, `speed_mph` (null where distance <= 0) and the ISO
-//! `pickup_week`, and writes analyst-ready Parquet to `curated/<dataset>/pickup_date=YYYY-MM-DD/`.
-//! `pickup_date` lives in the partition path only, as Hive, Glue and Athena expect. Partitions of
-//! the period that a rerun no longer produces are removed. Writers flush row groups early when their
-//! buffers together pass the memory budget, so memory does not grow with the file.
+//! `pickup_week`, and writes analyst-ready Parquet into the curated Delta table, one file of the run
+//! per day (`curated/<dataset>/pickup_date=YYYY-MM-DD/part-<run_id>.parquet`). `pickup_date` lives
+//! in the partition path only, as Delta, Glue and Athena expect. The files stay invisible until the
+//! run is published; the run's manifest lists them for load. Writers flush row groups early when
+//! their buffers together pass the memory budget, so memory does not grow with the file.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -26,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Manifest, ManifestObject};
 use crate::parquet_io::{ParquetSink, decode_error, open_stream};
 use crate::period::Period;
-use crate::storage::{Layout, delete_stale};
+use crate::storage::Layout;
 
 pub const STAGE: &str = "transform";
 pub const DURATION_S: &str = "duration_s";
@@ -58,6 +59,9 @@ pub struct TransformOutput {
     /// The MD5 of the source this version came from, for the version history.
     #[serde(default)]
     pub source_md5: String,
+    /// The run whose files these are.
+    #[serde(default)]
+    pub run_id: String,
 }
 
 static CURATED: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -206,6 +210,13 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
     };
     crate::storage::verify_object(store.as_ref(), &clean_entry.object).await?;
 
+    let run_id = manifest.output.run_id.clone();
+    if run_id.is_empty() {
+        return Err(Error::IntegrityError {
+            key: input.manifest_key.clone(),
+            detail: "the clean manifest names no run".into(),
+        });
+    }
     info!(clean_key = %input.clean_key, "transform started");
     let (_, mut stream) = open_stream(store, &input.clean_key, None).await?;
     let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
@@ -220,7 +231,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
                 let writer = match writers.entry(date) {
                     Entry::Occupied(open) => open.into_mut(),
                     Entry::Vacant(slot) => {
-                        let key = layout.curated_key(date);
+                        let key = layout.curated_key(date, &run_id);
                         slot.insert(
                             ParquetSink::create(store.as_ref(), &key, curated_schema(), ctx.config.row_group_rows)
                                 .await?,
@@ -260,9 +271,6 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             }
         }
     }
-    let keep: Vec<String> = objects.iter().map(|o| o.object.key.clone()).collect();
-    let stale = delete_stale(store.as_ref(), &layout.curated_period_prefix(), &keep).await?;
-
     let rows_curated: u64 = objects.iter().map(|o| o.rows).sum();
     if rows_curated != manifest.output.rows_kept {
         return Err(Error::IntegrityError {
@@ -275,11 +283,12 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         dataset: input.dataset,
         period: input.period,
         curated_prefix: layout.curated_prefix(),
-        manifest_key: layout.report_key(STAGE),
+        manifest_key: layout.run_report_key(&run_id, STAGE),
         rows_curated,
         partitions: objects.len(),
         location_ids_swapped: swapped,
         source_md5: manifest.output.source_md5.clone(),
+        run_id,
     };
     Manifest::new(STAGE, layout.source_id(), objects, output.clone())
         .write(store.as_ref(), &output.manifest_key)
@@ -288,7 +297,6 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         rows_curated,
         partitions = output.partitions,
         location_ids_swapped = swapped,
-        stale_partitions_removed = stale,
         "transform done"
     );
     Ok(output)

@@ -4,15 +4,19 @@
 //! ```text
 //! landing/yellow_tripdata_2021-03.parquet                         what arrives
 //! raw/yellow/2021-03/run=<run_id>/yellow_tripdata_2021-03.parquet byte-exact copy per run, MD5-checked
-//! clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet     rows that passed the rules
-//! quarantine/yellow/period=2021-03/yellow_tripdata_2021-03.parquet rejected rows + reject_reason
-//! curated/yellow/pickup_date=2021-03-01/yellow_tripdata_2021-03.parquet   analyst-ready
+//! clean/yellow/_delta_log/…                                       the Delta table of clean rows
+//! clean/yellow/period=2021-03/part-<run_id>.parquet               rows that passed the rules
+//! quarantine/yellow/period=2021-03/part-<run_id>.parquet          rejected rows + reject_reason
+//! curated/yellow/pickup_date=2021-03-01/part-<run_id>.parquet     analyst-ready
 //! reports/yellow/2021-03/{clean,transform,load}.json              the current version's manifests
-//! reports/yellow/2021-03/runs/<run_id>/{ingest,clean-refused}.json one run's own reports
+//! reports/yellow/2021-03/versions/<N>.json                        each published version's record
+//! reports/yellow/2021-03/runs/<run_id>/{ingest,clean,transform,publish}.json  one run's own reports
 //! ```
 //!
 //! Raw copies are per run, so a file that a later stage refuses never replaces the accepted copy;
-//! the current version's clean manifest names the run (and so the raw copy) it came from.
+//! the current version's clean manifest names the run (and so the raw copy) it came from. Lake files
+//! are per run too: a stage writes beside the live files, and only the Delta commit of the publish
+//! (see [`crate::handoff`]) makes them the month's files.
 
 use chrono::NaiveDate;
 
@@ -49,6 +53,11 @@ impl Layout {
         format!("{}_tripdata_{}.parquet", self.dataset, self.period)
     }
 
+    /// The name of a lake data file written by one run.
+    fn part_name(run_id: &str) -> String {
+        format!("part-{run_id}.parquet")
+    }
+
     /// The raw copy ingested by one run.
     pub fn raw_key(&self, run_id: &str) -> String {
         format!(
@@ -69,16 +78,36 @@ impl Layout {
         format!("{REPORTS}{}/{}/runs/{run_id}/{name}.json", self.dataset, self.period)
     }
 
-    pub fn clean_key(&self) -> String {
-        format!("{CLEAN}{}/period={}/{}", self.dataset, self.period, self.file_name())
+    /// Where a run's reports go: `reports/<dataset>/<period>/runs/`.
+    pub fn runs_prefix(&self) -> String {
+        format!("{REPORTS}{}/{}/runs/", self.dataset, self.period)
     }
 
-    pub fn quarantine_key(&self) -> String {
+    /// Where the records of published versions go.
+    pub fn versions_prefix(&self) -> String {
+        format!("{REPORTS}{}/{}/versions/", self.dataset, self.period)
+    }
+
+    /// The record of one published version (its files in every zone, its stages' reports).
+    pub fn version_key(&self, version: i32) -> String {
+        format!("{REPORTS}{}/{}/versions/{version}.json", self.dataset, self.period)
+    }
+
+    pub fn clean_key(&self, run_id: &str) -> String {
+        format!(
+            "{CLEAN}{}/period={}/{}",
+            self.dataset,
+            self.period,
+            Self::part_name(run_id)
+        )
+    }
+
+    pub fn quarantine_key(&self, run_id: &str) -> String {
         format!(
             "{QUARANTINE}{}/period={}/{}",
             self.dataset,
             self.period,
-            self.file_name()
+            Self::part_name(run_id)
         )
     }
 
@@ -92,12 +121,12 @@ impl Layout {
         format!("{}pickup_date={}-", self.curated_prefix(), self.period)
     }
 
-    pub fn curated_key(&self, pickup_date: NaiveDate) -> String {
+    pub fn curated_key(&self, pickup_date: NaiveDate, run_id: &str) -> String {
         format!(
             "{}pickup_date={}/{}",
             self.curated_prefix(),
             pickup_date.format("%Y-%m-%d"),
-            self.file_name()
+            Self::part_name(run_id)
         )
     }
 
@@ -121,19 +150,22 @@ mod tests {
             layout.run_report_key("r1", "ingest"),
             "reports/yellow/2021-03/runs/r1/ingest.json"
         );
+        assert_eq!(layout.clean_key("r1"), "clean/yellow/period=2021-03/part-r1.parquet");
         assert_eq!(
-            layout.clean_key(),
-            "clean/yellow/period=2021-03/yellow_tripdata_2021-03.parquet"
+            layout.quarantine_key("r1"),
+            "quarantine/yellow/period=2021-03/part-r1.parquet"
         );
         assert_eq!(
-            layout.curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap()),
-            "curated/yellow/pickup_date=2021-03-07/yellow_tripdata_2021-03.parquet"
+            layout.curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap(), "r1"),
+            "curated/yellow/pickup_date=2021-03-07/part-r1.parquet"
         );
         assert!(
             layout
-                .curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap())
+                .curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap(), "r1")
                 .starts_with(&layout.curated_period_prefix())
         );
+        assert_eq!(layout.version_key(3), "reports/yellow/2021-03/versions/3.json");
+        assert!(layout.run_report_key("r1", "clean").starts_with(&layout.runs_prefix()));
         assert_eq!(layout.report_key("clean"), "reports/yellow/2021-03/clean.json");
         assert_eq!(layout.source_id(), "yellow/2021-03");
     }

@@ -162,6 +162,22 @@ impl ObjectStore for LocalStore {
         format!("file://{}", self.root.display())
     }
 
+    async fn lake_location(&self, prefix: &str) -> Result<crate::lake::LakeLocation> {
+        let folder = self.path_of(prefix)?;
+        fs::create_dir_all(&folder)
+            .await
+            .map_err(|e| Error::io("creating", prefix, e))?;
+        let url = url::Url::from_directory_path(&folder).map_err(|()| Error::StorageRefused {
+            action: "locating",
+            key: prefix.to_string(),
+            detail: format!("{} is not an absolute folder", folder.display()),
+        })?;
+        Ok(crate::lake::LakeLocation {
+            url,
+            options: Default::default(),
+        })
+    }
+
     async fn size(&self, key: &str) -> Result<Option<u64>> {
         match fs::metadata(self.path_of(key)?).await {
             Ok(meta) if meta.is_file() => Ok(Some(meta.len())),

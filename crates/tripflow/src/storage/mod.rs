@@ -56,6 +56,9 @@ pub trait ObjectStore: Send + Sync + Debug {
 
     /// Removes `key`; absent keys are not an error (reruns delete what may already be gone).
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Where the Delta table rooted at `prefix` lives, for delta-rs (which brings its own client).
+    async fn lake_location(&self, prefix: &str) -> Result<crate::lake::LakeLocation>;
 }
 
 /// An object being written. Nothing is visible under its key until `finish` returns.
