@@ -768,18 +768,49 @@ fn qualified(table: &str) -> String {
 #[tokio::test]
 async fn two_loads_of_the_same_source_at_once_are_serialised() {
     let setup = Setup::new().await;
-    let source = setup.generate("2021-03", 20_000, 9);
-    let summary = setup.run(&source, None).await.unwrap();
-    let (first, second) = (setup.prepare_load(&source).await, setup.prepare_load(&source).await);
+    let summary = setup.run(&setup.generate("2021-03", 20_000, 9), None).await.unwrap();
+    // Two different files of the month, prepared as two runs, then loaded and published at once.
+    let mut files = Vec::new();
+    for (name, seed) in [("a", 10), ("b", 11)] {
+        let folder = setup.dir.path().join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        let file = folder.join("yellow_tripdata_2021-03.parquet");
+        std::fs::rename(setup.generate("2021-03", 20_000, seed), &file).unwrap();
+        files.push(file);
+    }
+    let (first, second) = (setup.prepare_load(&files[0]).await, setup.prepare_load(&files[1]).await);
     let (mut a, mut b) = (setup.pg.client().await, setup.pg.client().await);
     let (ra, rb) = tokio::join!(
         load::run(&setup.ctx, &mut a, first),
         load::run(&setup.ctx, &mut b, second)
     );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    // The second to take the lock saw the first one's rows, never a mix.
-    assert_eq!(ra.rows_replaced + rb.rows_replaced, 2 * summary.rows_loaded);
-    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    // Publishes are serialised whole: the one that published last is current in the database and
+    // in every lake table; it replaced the other one's rows, which replaced the first load's.
+    let client = setup.pg.client().await;
+    let current = versions::history(&client, "yellow/2021-03")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.current)
+        .unwrap();
+    let (earlier, last) = if ra.version == current.version {
+        (&rb, &ra)
+    } else {
+        (&ra, &rb)
+    };
+    assert_eq!(earlier.rows_replaced, summary.rows_loaded);
+    assert_eq!(last.rows_replaced, earlier.rows_loaded);
+    assert_eq!(current.version, last.version);
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, last.rows_loaded);
+    for (table, files) in setup.live_files("2021-03").await {
+        assert!(
+            files
+                .iter()
+                .all(|k| k.ends_with(&format!("part-{}.parquet", last.run_id))),
+            "{table} holds another run's files than the database's current version: {files:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1200,4 +1231,39 @@ async fn plain_http_is_refused_unless_allowed_and_a_refused_connection_keeps_its
     let message = err.to_string().to_lowercase();
     assert!(message.contains(&format!("{url}.md5")), "{message}");
     assert!(message.contains("refused"), "the cause is kept: {message}");
+}
+
+#[tokio::test]
+async fn a_publish_waits_while_another_publish_of_the_month_holds_its_lock() {
+    let setup = Setup::new().await;
+    let source = setup.generate("2021-03", 10_000, 12);
+    setup.run(&source, None).await.unwrap();
+    let next = setup.prepare_load(&source).await;
+    let before = setup.snapshot().await;
+    // Another publisher of March, mid-way: it holds the month's publish lock.
+    let other = setup.pg.client().await;
+    versions::lock_publish(&other, "yellow/2021-03").await.unwrap();
+
+    let mut loader = setup.pg.client().await;
+    let load = load::run(&setup.ctx, &mut loader, next);
+    tokio::pin!(load);
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(3), &mut load).await;
+    assert!(
+        waited.is_err(),
+        "the load published while another publish held the month"
+    );
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "staged".to_string())],
+        "built, not swapped in"
+    );
+    assert_eq!(setup.snapshot().await, before, "no zone changed while it waited");
+
+    versions::unlock_publish(&other, "yellow/2021-03").await;
+    assert_eq!(load.await.unwrap().version, 2);
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "previous".to_string()), (2, "current".to_string())]
+    );
 }

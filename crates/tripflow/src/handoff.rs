@@ -130,6 +130,14 @@ async fn read_manifests(
 /// Records `intent` (step 1) and carries it through (steps 2 to 4). Resuming a pending intent is the
 /// same call.
 pub async fn publish(ctx: &StageContext, client: &mut Client, intent: PublishIntent) -> Result<Published> {
+    let source_id = intent.staged.source_id.clone();
+    versions::lock_publish(client, &source_id).await?;
+    let published = publish_locked(ctx, client, intent).await;
+    versions::unlock_publish(client, &source_id).await;
+    published
+}
+
+async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: PublishIntent) -> Result<Published> {
     let store = ctx.store.as_ref();
     let layout = Layout::new(intent.dataset.clone(), intent.period);
     let intent_key = layout.run_report_key(&intent.run_id, INTENT_REPORT);
@@ -355,6 +363,15 @@ pub struct Restored {
 /// Makes version `version` of the month current again, in the lake and the database, the way a
 /// publish does: each table in one commit, then the database swap, then the current manifests.
 pub async fn restore(ctx: &StageContext, client: &mut Client, layout: &Layout, version: i32) -> Result<Restored> {
+    let source_id = layout.source_id();
+    crate::db::migrate(client).await?;
+    versions::lock_publish(client, &source_id).await?;
+    let restored = restore_locked(ctx, client, layout, version).await;
+    versions::unlock_publish(client, &source_id).await;
+    restored
+}
+
+async fn restore_locked(ctx: &StageContext, client: &mut Client, layout: &Layout, version: i32) -> Result<Restored> {
     let store = ctx.store.as_ref();
     let source_id = layout.source_id();
     let not_found = |detail: String| Error::VersionNotFound {
@@ -362,7 +379,6 @@ pub async fn restore(ctx: &StageContext, client: &mut Client, layout: &Layout, v
         version,
         detail,
     };
-    crate::db::migrate(client).await?;
     roll_forward(ctx, client, layout, None).await?;
     match versions::version_state(client, &source_id, version).await?.as_deref() {
         Some("current" | "previous") => {}

@@ -33,7 +33,8 @@ use crate::storage::ObjectStore;
 /// Attempts of one month's commit when another writer's commit lands in between (a replace of
 /// another month removes files our snapshot read, which delta-rs without datafusion reports as a
 /// conflict; rebuilding the commit on the new snapshot is then correct).
-const COMMIT_ATTEMPTS: u32 = 6;
+/// Twelve covers a year of months published at once (a backfill), each at most once in the way.
+const COMMIT_ATTEMPTS: u32 = 12;
 
 /// Where delta-rs finds a table and how it connects there (object_store options: endpoint,
 /// credentials, region). Given by the store, since only it knows its bucket or folder.
@@ -424,7 +425,9 @@ pub async fn replace_month(
             }
             Err(err) if attempt < COMMIT_ATTEMPTS => {
                 warn!(table = %table.root(), %period, attempt, error = %err, "commit did not land; trying again on the latest snapshot");
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt * attempt))).await;
+                // Spread the retries of publishers that collided, so they do not collide again.
+                let jitter = u64::from(chrono::Utc::now().timestamp_subsec_nanos() % 256);
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt) + jitter)).await;
             }
             Err(err) => return Err(lake_error(table, "committing to")(err)),
         }

@@ -708,6 +708,35 @@ pub async fn make_current(client: &mut Client, source_id: &str, version: i32) ->
     })
 }
 
+/// Takes the source's publish lock for this session: one publish of a month at a time (its database
+/// swap and its lake commits together), so two runs publishing at once leave the database and every
+/// lake table on the same run, the later one. Session-level, so a process that dies releases it with
+/// its connection; waiting for it is bounded by `lock_timeout` (a retryable `Timeout`).
+pub async fn lock_publish(client: &Client, source_id: &str) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('tripflow.publish:' || $1, 0))",
+            &[&source_id],
+        )
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// Releases one hold of [`lock_publish`].
+pub async fn unlock_publish(client: &Client, source_id: &str) {
+    if let Err(err) = client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended('tripflow.publish:' || $1, 0))",
+            &[&source_id],
+        )
+        .await
+    {
+        // The connection is gone, and the lock with it.
+        warn!(source_id, error = %err, "could not release the publish lock");
+    }
+}
+
 /// The state of one version (`staged`, `current`, `previous`, `dropped`, `discarded`), if it exists.
 pub async fn version_state(client: &Client, source_id: &str, version: i32) -> Result<Option<String>> {
     Ok(client
