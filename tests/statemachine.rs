@@ -73,6 +73,7 @@ struct Setup {
     pg: TestPostgres,
     s3: aws_sdk_s3::Client,
     sfn: aws_sdk_sfn::Client,
+    sdk: aws_config::SdkConfig,
     state_machine_arn: String,
     dir: tempfile::TempDir,
 }
@@ -237,6 +238,7 @@ impl Setup {
             pg,
             s3,
             sfn,
+            sdk,
             state_machine_arn,
             dir: tempfile::tempdir().unwrap(),
         }
@@ -255,6 +257,11 @@ impl Setup {
 
     /// Generates a month and uploads it to landing/; returns its bytes' MD5.
     async fn upload_generated(&self, rows: usize, seed: u64) -> String {
+        self.upload_generated_to(LANDING_KEY, rows, seed).await
+    }
+
+    /// Generates a March into `key`; returns its MD5.
+    async fn upload_generated_to(&self, key: &str, rows: usize, seed: u64) -> String {
         let path = self.dir.path().join("yellow_tripdata_2021-03.parquet");
         write_month(
             &path,
@@ -268,7 +275,7 @@ impl Setup {
         let bytes = std::fs::read(&path).unwrap();
         let mut md5 = tripflow::checksum::Md5Counter::new();
         md5.update(&bytes);
-        self.upload(LANDING_KEY, bytes).await;
+        self.upload(key, bytes).await;
         md5.finish_hex()
     }
 
@@ -674,4 +681,49 @@ async fn a_much_smaller_file_fails_as_suspicious_shrink_unless_the_input_allows_
     let curated = Setup::rows_curated(&allowed);
     assert!(curated < 1_000);
     assert_eq!(setup.pg.trip_count(SOURCE_ID).await, curated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_executions_of_the_same_month_at_once_leave_the_database_and_every_lake_table_on_one_run() {
+    let setup = Setup::new().await;
+    let mut inputs = Vec::new();
+    for (name, seed) in [("a", 21), ("b", 22)] {
+        let key = format!("landing/{name}/yellow_tripdata_2021-03.parquet");
+        let md5 = setup.upload_generated_to(&key, 8_000, seed).await;
+        inputs.push(json!({"source": format!("s3://{BUCKET}/{key}"), "expected_md5": md5}));
+    }
+    let (a, b) = tokio::join!(
+        setup.execute("month-a", inputs[0].clone()),
+        setup.execute("month-b", inputs[1].clone())
+    );
+    assert_eq!(a.status, ExecutionStatus::Succeeded, "{}", a.describe());
+    assert_eq!(b.status, ExecutionStatus::Succeeded, "{}", b.describe());
+
+    // The run that published last is current in PostgreSQL and in every Delta table on S3.
+    let store = tripflow_aws::s3::S3Store::from_sdk(&setup.sdk, &Default::default(), BUCKET);
+    let current: tripflow::stages::load::LoadOutput =
+        tripflow::storage::get_json(&store, "reports/yellow/2021-03/load.json")
+            .await
+            .unwrap();
+    let client = setup.pg.client().await;
+    let in_database = tripflow::db::versions::history(&client, SOURCE_ID)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.current)
+        .unwrap();
+    assert_eq!(in_database.version, current.version);
+    assert_eq!(setup.pg.trip_count(SOURCE_ID).await as u64, current.rows_loaded);
+    for table in tripflow::lake::tables("yellow") {
+        let live = tripflow::lake::live_files(&store, &table, "2021-03".parse().unwrap())
+            .await
+            .unwrap();
+        assert!(!live.is_empty(), "{}", table.root());
+        assert!(
+            live.iter()
+                .all(|f| f.key.ends_with(&format!("part-{}.parquet", current.run_id))),
+            "{} holds another run's files than the database's current version: {live:?}",
+            table.root()
+        );
+    }
 }
