@@ -1267,3 +1267,88 @@ async fn a_publish_waits_while_another_publish_of_the_month_holds_its_lock() {
         [(1, "previous".to_string()), (2, "current".to_string())]
     );
 }
+
+/// The local store with one zone that refuses every write, as an S3 prefix the role may not write
+/// (`AccessDenied`) or a read-only folder would.
+#[derive(Debug)]
+struct RefusingZone {
+    inner: Arc<dyn tripflow::storage::ObjectStore>,
+    zone: &'static str,
+}
+
+#[async_trait::async_trait]
+impl tripflow::storage::ObjectStore for RefusingZone {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn size(&self, key: &str) -> tripflow::Result<Option<u64>> {
+        self.inner.size(key).await
+    }
+    async fn get(&self, key: &str) -> tripflow::Result<tripflow::storage::ByteStream> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> tripflow::Result<bytes::Bytes> {
+        self.inner.get_range(key, range).await
+    }
+    async fn create(&self, key: &str) -> tripflow::Result<Box<dyn tripflow::storage::ObjectSink>> {
+        if key.starts_with(self.zone) {
+            return Err(Error::StorageRefused {
+                action: "writing",
+                key: key.to_string(),
+                detail: "permission denied".into(),
+            });
+        }
+        self.inner.create(key).await
+    }
+    async fn list(&self, prefix: &str) -> tripflow::Result<Vec<String>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> tripflow::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn lake_location(&self, prefix: &str) -> tripflow::Result<tripflow::lake::LakeLocation> {
+        self.inner.lake_location(prefix).await
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_zone_fails_the_run_as_storage_refused_and_changes_nothing_readers_see() {
+    let setup = Setup::new().await;
+    setup.run(&setup.generate("2021-03", 10_000, 13), None).await.unwrap();
+    let source = setup.generate("2021-03", 10_000, 14);
+    for zone in ["curated/", "quarantine/", "reports/"] {
+        let before = setup.snapshot().await;
+        let refusing = StageContext::new(
+            Arc::new(RefusingZone {
+                inner: setup.ctx.store.clone(),
+                zone,
+            }),
+            PipelineConfig::default(),
+        );
+        let mut client = setup.pg.client().await;
+        let input = IngestInput {
+            source: source.display().to_string(),
+            ..IngestInput::default()
+        };
+        let err = tripflow::pipeline::run_all(&refusing, &mut client, input)
+            .await
+            .unwrap_err();
+        assert_eq!(err.name(), "StorageRefused", "{zone}: {err}");
+        assert!(!err.is_retryable());
+        let after = setup.snapshot().await;
+        // A raw copy of the refused run may stay until the next run sweeps it; nothing else moves.
+        let without_raw = |s: &tripflow_tests::local::Snapshot| {
+            s.objects
+                .iter()
+                .filter(|(k, _)| !k.starts_with("raw/"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(without_raw(&after), without_raw(&before), "{zone}");
+        assert_eq!(
+            (&after.trips, &after.answers),
+            (&before.trips, &before.answers),
+            "{zone}"
+        );
+    }
+}
