@@ -654,6 +654,72 @@ async fn an_aborted_or_dropped_multipart_write_leaves_no_object_and_no_upload() 
 }
 
 #[tokio::test]
+async fn a_shutdown_aborts_the_uploads_a_stage_still_has_open() {
+    let world = World::new().await;
+    // The function's own store, as its SIGTERM hook holds it.
+    let s3 = world
+        .state
+        .s3
+        .clone()
+        .expect("a stage state built from the SDK has its S3 store");
+    let mut writing = s3.create("curated/in-flight.bin").await.unwrap();
+    writing.write(Bytes::from(vec![7u8; PART_BYTES + 1])).await.unwrap();
+    let mut small = s3.create("curated/small.bin").await.unwrap();
+    small
+        .write(Bytes::from_static(b"not a multipart upload"))
+        .await
+        .unwrap();
+    assert_eq!(world.open_uploads().await, 1);
+
+    assert_eq!(s3.abort_in_flight().await, 1);
+    assert_eq!(world.open_uploads().await, 0, "the shutdown left an upload open");
+    assert_eq!(s3.abort_in_flight().await, 0, "nothing left to abort");
+    std::mem::forget(writing); // a process that exits drops nothing
+    drop(small);
+    assert!(world.keys("curated/").await.is_empty());
+}
+
+/// One HTTP answer to one request, then the request line and headers it received.
+async fn answer_once(listener: tokio::net::TcpListener, response: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut socket, _) = listener.accept().await.unwrap();
+    let mut request = vec![0u8; 4096];
+    let n = socket.read(&mut request).await.unwrap();
+    socket.write_all(response.as_bytes()).await.unwrap();
+    String::from_utf8_lossy(&request[..n]).to_string()
+}
+
+#[tokio::test]
+async fn the_shutdown_extension_registers_and_a_refusal_is_an_error_not_a_crash() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap().to_string();
+    let served = tokio::spawn(answer_once(
+        listener,
+        "HTTP/1.1 200 OK\r\nLambda-Extension-Identifier: ext-1\r\nContent-Length: 2\r\n\r\n{}",
+    ));
+    assert_eq!(tripflow_aws::shutdown::register(&api).await.unwrap(), "ext-1");
+    let request = served.await.unwrap().to_ascii_lowercase();
+    assert!(request.starts_with("post /2020-01-01/extension/register "), "{request}");
+    assert!(
+        request.contains(&format!(
+            "lambda-extension-name: {}",
+            tripflow_aws::shutdown::EXTENSION_NAME
+        )),
+        "{request}"
+    );
+
+    // An emulator without the Extensions API: the function starts anyway, without the hook.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap().to_string();
+    tokio::spawn(answer_once(
+        listener,
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    ));
+    let err = tripflow_aws::shutdown::register(&api).await.unwrap_err();
+    assert!(err.contains("404"), "{err}");
+}
+
+#[tokio::test]
 async fn s3_failures_map_to_the_pipeline_errors_the_state_machine_matches() {
     let world = World::new().await;
     let store = world.store();

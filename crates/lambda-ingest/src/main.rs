@@ -12,6 +12,9 @@ use tripflow_aws::handlers::{StageState, handle_ingest};
 async fn main() -> Result<(), Error> {
     tripflow_aws::init_tracing();
     let state = StageState::from_env().await?;
+    if let Some(s3) = &state.s3 {
+        tripflow_aws::shutdown::abort_uploads_on_shutdown(s3.clone()).await;
+    }
     let state = &state;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<IngestInput>| async move {
         handle_ingest(state, event.payload).await

@@ -12,6 +12,9 @@ use tripflow_aws::handlers::{LoadState, handle_load};
 async fn main() -> Result<(), Error> {
     tripflow_aws::init_tracing();
     let state = LoadState::from_env().await?;
+    if let Some(s3) = &state.stage.s3 {
+        tripflow_aws::shutdown::abort_uploads_on_shutdown(s3.clone()).await;
+    }
     let state = &state;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<LoadInput>| async move {
         handle_load(state, event.payload).await

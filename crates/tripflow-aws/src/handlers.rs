@@ -51,11 +51,13 @@ fn finish<T>(stage: &'static str, result: Result<T, Error>) -> Result<T, Diagnos
 #[derive(Debug, Clone)]
 pub struct StageState {
     pub ctx: StageContext,
+    /// The same store as `ctx.store`, typed, for what only S3 has (aborting uploads at shutdown).
+    pub s3: Option<S3Store>,
 }
 
 impl StageState {
     pub fn new(ctx: StageContext) -> Self {
-        StageState { ctx }
+        StageState { ctx, s3: None }
     }
 
     /// The state of a deployed function: configuration from the environment, S3 from aws-config.
@@ -67,7 +69,10 @@ impl StageState {
 
     pub fn from_parts(sdk: &aws_config::SdkConfig, env: StageEnv) -> Self {
         let store = S3Store::from_sdk(sdk, &env.s3_timeouts, env.bucket);
-        StageState::new(StageContext::new(Arc::new(store), env.pipeline))
+        StageState {
+            ctx: StageContext::new(Arc::new(store.clone()), env.pipeline),
+            s3: Some(store),
+        }
     }
 }
 

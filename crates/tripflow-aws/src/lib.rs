@@ -9,6 +9,7 @@
 //!   TLS, reconnect) and the optional Glue catalog check of the curated table;
 //! - [`handlers`]: one function per Lambda, returning [`lambda_runtime::Diagnostic`]s whose
 //!   `errorType` is the pipeline's stable error name, so Step Functions `Retry`/`Catch` can match it;
+//! - [`shutdown`]: on SIGTERM (an environment shut down), the open multipart uploads are aborted;
 //! - [`env`]: every environment variable the functions read, as documented constants, and the typed
 //!   configuration read from them once at init.
 
@@ -18,6 +19,7 @@ pub mod env;
 pub mod handlers;
 pub mod s3;
 mod sdk_error;
+pub mod shutdown;
 pub mod trigger;
 
 pub use handlers::{

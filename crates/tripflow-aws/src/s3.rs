@@ -45,7 +45,12 @@ pub struct S3Store {
     /// built from a bare client) delta-rs reads the environment, as a Lambda provides it.
     credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
     timeouts: S3Timeouts,
+    /// Multipart uploads open right now (upload id → key), shared by every sink of this store, so
+    /// a shutdown can abort them ([`S3Store::abort_in_flight`]).
+    in_flight: InFlight,
 }
+
+type InFlight = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
 
 impl S3Store {
     /// A store over `client`; a custom endpoint is taken from `AWS_ENDPOINT_URL_S3` or
@@ -60,6 +65,7 @@ impl S3Store {
             endpoint,
             credentials: None,
             timeouts: S3Timeouts::default(),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -81,6 +87,31 @@ impl S3Store {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Aborts every multipart upload a sink of this store has open: what a function being shut down
+    /// (SIGTERM) does, so it leaves no billed, invisible parts behind. Returns how many it aborted.
+    pub async fn abort_in_flight(&self) -> usize {
+        let open: Vec<(String, String)> = match self.in_flight.lock() {
+            Ok(mut open) => std::mem::take(&mut *open).into_iter().collect(),
+            Err(_) => return 0,
+        };
+        let mut aborted = 0;
+        for (upload_id, key) in open {
+            match self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .send()
+                .await
+            {
+                Ok(_) => aborted += 1,
+                Err(err) => warn!(%key, error = %sdk_error::describe(&err), "could not abort an upload at shutdown"),
+            }
+        }
+        aborted
     }
 }
 
@@ -319,6 +350,7 @@ impl ObjectStore for S3Store {
             buffer: BytesMut::new(),
             md5: Md5Counter::new(),
             upload: None,
+            in_flight: self.in_flight.clone(),
         }))
     }
 
@@ -368,6 +400,7 @@ struct S3Sink {
     /// Set once the object outgrows one part. Taken (left `None`) when completed or aborted, so
     /// `Drop` knows whether an upload is still open.
     upload: Option<Multipart>,
+    in_flight: InFlight,
 }
 
 impl S3Sink {
@@ -389,6 +422,9 @@ impl S3Sink {
                 detail: "CreateMultipartUpload returned no upload id".into(),
             })?;
         debug!(key = %self.key, %upload_id, "multipart upload started");
+        if let Ok(mut open) = self.in_flight.lock() {
+            open.insert(upload_id.clone(), self.key.clone());
+        }
         Ok(Multipart {
             upload_id,
             parts: Vec::new(),
@@ -442,6 +478,7 @@ impl S3Sink {
         let Some(upload) = self.upload.take() else {
             return Ok(());
         };
+        self.forget(&upload.upload_id);
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
@@ -452,6 +489,13 @@ impl S3Sink {
             .map_err(|e| s3_error(&self.client, "aborting the upload of", &self.key, e))?;
         debug!(key = %self.key, upload_id = %upload.upload_id, "multipart upload aborted");
         Ok(())
+    }
+
+    /// The upload is no longer open (completed or aborted).
+    fn forget(&self, upload_id: &str) {
+        if let Ok(mut open) = self.in_flight.lock() {
+            open.remove(upload_id);
+        }
     }
 
     async fn put_whole(&mut self, md5_hex: &str) -> Result<()> {
@@ -495,7 +539,9 @@ impl S3Sink {
             .await
             .map_err(|e| s3_error(&self.client, "completing the upload of", &self.key, e))?;
         // Completed: nothing left to abort, and the object is now visible.
-        self.upload = None;
+        if let Some(upload) = self.upload.take() {
+            self.forget(&upload.upload_id);
+        }
         if size > COPY_OBJECT_LIMIT {
             warn!(key = %self.key, size, "object too large to copy onto itself; its MD5 is only in the manifest");
             return Ok(());
@@ -579,6 +625,7 @@ impl Drop for S3Sink {
     /// invisible but billed upload behind: abort it in the background when a runtime is there.
     fn drop(&mut self) {
         let Some(upload) = self.upload.take() else { return };
+        self.forget(&upload.upload_id);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             warn!(key = %self.key, upload_id = %upload.upload_id, "sink dropped outside a runtime; upload left open");
             return;
