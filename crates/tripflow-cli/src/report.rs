@@ -66,6 +66,15 @@ pub fn summary_text(s: &RunSummary) -> String {
         s.load.version,
         thousands(s.load.rows_replaced)
     );
+    if !s.load.lake.is_empty() {
+        let tables: Vec<String> = s
+            .load
+            .lake
+            .iter()
+            .map(|c| format!("{} v{}", c.table.trim_end_matches('/'), c.delta_version))
+            .collect();
+        let _ = writeln!(out, "  published   Delta tables {}", tables.join(", "));
+    }
     let _ = writeln!(
         out,
         "  time        ingest {:.2}s, clean {:.2}s, transform {:.2}s, load {:.2}s, queries {:.2}s",

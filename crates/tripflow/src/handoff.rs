@@ -188,6 +188,7 @@ async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: Publish
         table: crate::db::TRIPS_TABLE.to_string(),
         version: staged.version,
         run_id: intent.run_id.clone(),
+        lake: commits.clone(),
     };
     let record = VersionRecord {
         source_id: staged.source_id.clone(),

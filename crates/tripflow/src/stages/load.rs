@@ -58,6 +58,9 @@ pub struct LoadOutput {
     /// The run this version came from.
     #[serde(default)]
     pub run_id: String,
+    /// The Delta version of each lake table that holds the month's new files.
+    #[serde(default)]
+    pub lake: Vec<crate::lake::TableCommit>,
 }
 
 /// One row's values in COPY column order.
