@@ -1311,3 +1311,110 @@ fn the_diagram_shows_every_state_and_transition() {
         "3 Parallel states holding 4 branches"
     );
 }
+
+/// The text of one resource of template.yaml: its `  Name:` line and the indented lines below it.
+fn resource_block(template: &str, name: &str) -> String {
+    let header = format!("  {name}:");
+    let mut lines = template.lines().skip_while(|l| *l != header);
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("template.yaml has no resource {name}"));
+    let body: Vec<&str> = lines.take_while(|l| l.is_empty() || l.starts_with("    ")).collect();
+    format!("{first}\n{}", body.join("\n"))
+}
+
+fn number_after(block: &str, key: &str) -> f64 {
+    block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {key} in:\n{block}"))
+}
+
+#[test]
+fn alarms_notify_the_failure_topic_and_the_dashboard_and_athena_queries_are_deployed() {
+    let template = template();
+    let alarms = [
+        "FailedExecutionsAlarm",
+        "RejectedShareAlarm",
+        "TriggerDeadLetterAlarm",
+        "IngestDurationAlarm",
+        "CleanDurationAlarm",
+        "TransformDurationAlarm",
+        "LoadDurationAlarm",
+    ];
+    for alarm in alarms {
+        let block = resource_block(&template, alarm);
+        assert!(block.contains("Type: AWS::CloudWatch::Alarm"), "{block}");
+        assert!(
+            block.contains("AlarmActions: [!Ref FailureTopic]"),
+            "{alarm} notifies no one"
+        );
+    }
+    assert!(resource_block(&template, "FailedExecutionsAlarm").contains("Value: !Ref StateMachine"));
+    assert!(resource_block(&template, "RejectedShareAlarm").contains("Threshold: !Ref MaxRejectedRatio"));
+    assert!(resource_block(&template, "TriggerDeadLetterAlarm").contains("!GetAtt TriggerDeadLetterQueue.QueueName"));
+    // A stage alarms at 80% of its function's timeout (Lambda's Duration is in milliseconds).
+    for stage in ["Ingest", "Clean", "Transform", "Load"] {
+        let timeout_s = number_after(&resource_block(&template, &format!("{stage}Function")), "Timeout:");
+        let alarm = resource_block(&template, &format!("{stage}DurationAlarm"));
+        assert!(alarm.contains(&format!("Value: !Ref {stage}Function")), "{alarm}");
+        assert_eq!(number_after(&alarm, "Threshold:"), timeout_s * 0.8 * 1000.0, "{stage}");
+    }
+
+    // The dashboard shows each stage's duration and rows, every reject rule, the executions.
+    let dashboard = resource_block(&template, "Dashboard");
+    assert!(dashboard.contains("Type: AWS::CloudWatch::Dashboard"));
+    for stage in ["ingest", "clean", "transform", "load"] {
+        assert!(
+            dashboard.contains(&format!("\"{stage}\"")),
+            "no {stage} on the dashboard"
+        );
+    }
+    for reason in tripflow::stages::clean::RejectReason::ALL {
+        assert!(
+            dashboard.contains(&format!("Rejected_{}", reason.as_str())),
+            "{}",
+            reason.as_str()
+        );
+    }
+    for metric in [
+        "ExecutionsSucceeded",
+        "ExecutionsFailed",
+        "RowsLoaded",
+        "RowsCurated",
+        "RowsKept",
+    ] {
+        assert!(dashboard.contains(metric), "no {metric} on the dashboard");
+    }
+
+    // Athena: a workgroup with encrypted results, and the analysts' questions as named queries over
+    // the tables the crawlers (and the zones table) create.
+    let workgroup = resource_block(&template, "AthenaWorkGroup");
+    assert!(
+        workgroup.contains("EncryptionOption: SSE_KMS") && workgroup.contains("EnforceWorkGroupConfiguration: true")
+    );
+    let queries = [
+        ("MonthlyAverageSpeedQuery", vec!["curated_yellow"]),
+        (
+            "WeeklySlowPickupsQuery",
+            vec!["curated_yellow", "zones", "pu_zone", "pu_borough"],
+        ),
+        ("RejectsByReasonQuery", vec!["quarantine_yellow", "reject_reason"]),
+    ];
+    for (name, needs) in queries {
+        let block = resource_block(&template, name);
+        assert!(block.contains("Type: AWS::Athena::NamedQuery") && block.contains("WorkGroup: !Ref AthenaWorkGroup"));
+        for needed in needs {
+            assert!(block.contains(needed), "{name} does not use {needed}");
+        }
+    }
+    for (crawler, prefix) in [("CuratedCrawler", "curated_"), ("QuarantineCrawler", "quarantine_")] {
+        let block = resource_block(&template, crawler);
+        assert!(
+            block.contains(&format!("TablePrefix: {prefix}")) && block.contains("DeltaTargets:"),
+            "{block}"
+        );
+    }
+    assert!(resource_block(&template, "ZonesTable").contains("Name: zones"));
+}

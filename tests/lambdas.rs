@@ -654,6 +654,59 @@ async fn an_aborted_or_dropped_multipart_write_leaves_no_object_and_no_upload() 
 }
 
 #[tokio::test]
+async fn each_invocation_emits_one_cloudwatch_emf_line_with_its_counts_or_its_failure() {
+    let mut world = World::new().await;
+    world.state.metrics = tripflow_aws::metrics::MetricsSink::memory();
+    let transformed = world.run_to_curated(6_000).await;
+    let missing: IngestInput =
+        serde_json::from_value(json!({"source": format!("s3://{BUCKET}/landing/yellow_tripdata_2021-04.parquet")}))
+            .unwrap();
+    handle_ingest(&world.state, missing).await.unwrap_err();
+
+    let lines: Vec<serde_json::Value> = world
+        .state
+        .metrics
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("each EMF line is one JSON object"))
+        .collect();
+    let stages: Vec<&str> = lines.iter().map(|l| l["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["ingest", "clean", "transform", "ingest"]);
+    for line in &lines {
+        let declared = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(declared["Namespace"], "tripflow");
+        assert_eq!(declared["Dimensions"], json!([["stage", "dataset"]]));
+        assert_eq!(line["dataset"], "yellow");
+        // Every declared metric has its value at the top level, as EMF requires.
+        for metric in declared["Metrics"].as_array().unwrap() {
+            let name = metric["Name"].as_str().unwrap();
+            assert!(line[name].is_number(), "{name} declared without a value: {line}");
+        }
+        assert!(line["Seconds"].as_f64().unwrap() >= 0.0);
+    }
+    assert_eq!(lines[0]["RowsIn"], 6_000.0);
+    let clean = &lines[1];
+    assert_eq!(clean["RowsIn"], 6_000.0);
+    assert_eq!(clean["RowsKept"].as_f64().unwrap() as u64, transformed.rows_curated);
+    let by_reason: f64 = tripflow::stages::clean::RejectReason::ALL
+        .iter()
+        .map(|r| clean[format!("Rejected_{}", r.as_str())].as_f64().unwrap())
+        .sum();
+    assert_eq!(by_reason, clean["RowsRejected"].as_f64().unwrap());
+    assert_eq!(
+        lines[2]["RowsCurated"].as_f64().unwrap() as u64,
+        transformed.rows_curated
+    );
+    assert_eq!(
+        (
+            lines[3]["Failures"].clone(),
+            lines[3]["Failures_ObjectNotFound"].clone()
+        ),
+        (json!(1.0), json!(1.0))
+    );
+}
+
+#[tokio::test]
 async fn a_shutdown_aborts_the_uploads_a_stage_still_has_open() {
     let world = World::new().await;
     // The function's own store, as its SIGTERM hook holds it.

@@ -6,6 +6,7 @@
 //! `Catch` match on. Each failure is logged once, with its name and whether it is retryable.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use lambda_runtime::Diagnostic;
 use tracing::{error, info};
@@ -20,6 +21,7 @@ use tripflow::storage::Layout;
 use crate::catalog::CatalogCheck;
 use crate::db::Database;
 use crate::env::{ConfigError, LoadEnv, StageEnv, TriggerEnv};
+use crate::metrics::MetricsSink;
 use crate::s3::{S3Store, s3_client};
 use crate::trigger::{Trigger, TriggerError, TriggerEvent, TriggerOutput};
 
@@ -39,6 +41,9 @@ fn trigger_diagnostic(err: &TriggerError) -> Diagnostic {
 }
 
 /// Logs a stage's outcome once and turns its error into a [`Diagnostic`].
+/// The dataset dimension of a failure that happened before the dataset was known.
+const UNKNOWN_DATASET: &str = "unknown";
+
 fn finish<T>(stage: &'static str, result: Result<T, Error>) -> Result<T, Diagnostic> {
     result.map_err(|err| {
         error!(stage, error_type = err.name(), retryable = err.is_retryable(), error = %err, "stage failed");
@@ -53,11 +58,17 @@ pub struct StageState {
     pub ctx: StageContext,
     /// The same store as `ctx.store`, typed, for what only S3 has (aborting uploads at shutdown).
     pub s3: Option<S3Store>,
+    /// Where each invocation's metrics go (EMF lines on stdout in a function).
+    pub metrics: MetricsSink,
 }
 
 impl StageState {
     pub fn new(ctx: StageContext) -> Self {
-        StageState { ctx, s3: None }
+        StageState {
+            ctx,
+            s3: None,
+            metrics: MetricsSink::Stdout,
+        }
     }
 
     /// The state of a deployed function: configuration from the environment, S3 from aws-config.
@@ -72,6 +83,7 @@ impl StageState {
         StageState {
             ctx: StageContext::new(Arc::new(store.clone()), env.pipeline),
             s3: Some(store),
+            metrics: MetricsSink::Stdout,
         }
     }
 }
@@ -93,21 +105,36 @@ fn check_lambda_source(state: &StageState, source: &str) -> Result<(), Error> {
 
 pub async fn handle_ingest(state: &StageState, input: IngestInput) -> Result<IngestOutput, Diagnostic> {
     info!(source = %input.source, "ingest invoked");
+    let started = Instant::now();
+    let dataset = ingest::layout_of(&input).map_or_else(|_| UNKNOWN_DATASET.to_string(), |l| l.dataset);
     let result = match check_lambda_source(state, &input.source) {
         Ok(()) => ingest::run(&state.ctx, input).await,
         Err(err) => Err(err),
     };
+    state
+        .metrics
+        .record(ingest::STAGE, &dataset, &result, started.elapsed().as_secs_f64());
     finish(ingest::STAGE, result)
 }
 
 pub async fn handle_clean(state: &StageState, input: CleanInput) -> Result<CleanOutput, Diagnostic> {
     info!(raw_key = %input.raw_key, "clean invoked");
-    finish(clean::STAGE, clean::run(&state.ctx, input).await)
+    let (started, dataset) = (Instant::now(), input.dataset.clone());
+    let result = clean::run(&state.ctx, input).await;
+    state
+        .metrics
+        .record(clean::STAGE, &dataset, &result, started.elapsed().as_secs_f64());
+    finish(clean::STAGE, result)
 }
 
 pub async fn handle_transform(state: &StageState, input: TransformInput) -> Result<TransformOutput, Diagnostic> {
     info!(clean_key = %input.clean_key, "transform invoked");
-    finish(transform::STAGE, transform::run(&state.ctx, input).await)
+    let (started, dataset) = (Instant::now(), input.dataset.clone());
+    let result = transform::run(&state.ctx, input).await;
+    state
+        .metrics
+        .record(transform::STAGE, &dataset, &result, started.elapsed().as_secs_f64());
+    finish(transform::STAGE, result)
 }
 
 /// What the load function holds between invocations: the stage state, the database connection and,
@@ -150,6 +177,7 @@ pub fn glue_client(sdk: &aws_config::SdkConfig, timeouts: &crate::s3::S3Timeouts
 
 pub async fn handle_load(state: &LoadState, input: LoadInput) -> Result<LoadOutput, Diagnostic> {
     info!(manifest_key = %input.manifest_key, "load invoked");
+    let (started, dataset) = (Instant::now(), input.dataset.clone());
     let result = async {
         let ctx = &state.stage.ctx;
         if let Some(catalog) = &state.catalog {
@@ -160,6 +188,10 @@ pub async fn handle_load(state: &LoadState, input: LoadInput) -> Result<LoadOutp
         load::run(ctx, &mut client, input).await
     }
     .await;
+    state
+        .stage
+        .metrics
+        .record(load::STAGE, &dataset, &result, started.elapsed().as_secs_f64());
     finish(load::STAGE, result)
 }
 

@@ -9,6 +9,7 @@
 //!   TLS, reconnect) and the optional Glue catalog check of the curated table;
 //! - [`handlers`]: one function per Lambda, returning [`lambda_runtime::Diagnostic`]s whose
 //!   `errorType` is the pipeline's stable error name, so Step Functions `Retry`/`Catch` can match it;
+//! - [`metrics`]: each invocation's counts, duration and failures as CloudWatch EMF lines;
 //! - [`shutdown`]: on SIGTERM (an environment shut down), the open multipart uploads are aborted;
 //! - [`env`]: every environment variable the functions read, as documented constants, and the typed
 //!   configuration read from them once at init.
@@ -17,6 +18,7 @@ pub mod catalog;
 pub mod db;
 pub mod env;
 pub mod handlers;
+pub mod metrics;
 pub mod s3;
 mod sdk_error;
 pub mod shutdown;
