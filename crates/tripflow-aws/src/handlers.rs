@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lambda_runtime::Diagnostic;
-use tracing::{error, info};
+use tracing::{Instrument, error, info, info_span};
 use tripflow::error::Error;
 use tripflow::stages::StageContext;
 use tripflow::stages::clean::{self, CleanInput, CleanOutput};
@@ -104,6 +104,13 @@ fn check_lambda_source(state: &StageState, source: &str) -> Result<(), Error> {
 }
 
 pub async fn handle_ingest(state: &StageState, input: IngestInput) -> Result<IngestOutput, Diagnostic> {
+    let source_id = ingest::layout_of(&input).map_or_else(|_| input.source.clone(), |l| l.source_id());
+    ingest_invocation(state, input)
+        .instrument(info_span!("ingest", %source_id))
+        .await
+}
+
+async fn ingest_invocation(state: &StageState, input: IngestInput) -> Result<IngestOutput, Diagnostic> {
     info!(source = %input.source, "ingest invoked");
     let started = Instant::now();
     let dataset = ingest::layout_of(&input).map_or_else(|_| UNKNOWN_DATASET.to_string(), |l| l.dataset);
@@ -118,6 +125,12 @@ pub async fn handle_ingest(state: &StageState, input: IngestInput) -> Result<Ing
 }
 
 pub async fn handle_clean(state: &StageState, input: CleanInput) -> Result<CleanOutput, Diagnostic> {
+    let source_id = Layout::new(input.dataset.clone(), input.period).source_id();
+    let span = info_span!("clean", %source_id, run_id = %input.run_id);
+    clean_invocation(state, input).instrument(span).await
+}
+
+async fn clean_invocation(state: &StageState, input: CleanInput) -> Result<CleanOutput, Diagnostic> {
     info!(raw_key = %input.raw_key, "clean invoked");
     let (started, dataset) = (Instant::now(), input.dataset.clone());
     let result = clean::run(&state.ctx, input).await;
@@ -128,6 +141,13 @@ pub async fn handle_clean(state: &StageState, input: CleanInput) -> Result<Clean
 }
 
 pub async fn handle_transform(state: &StageState, input: TransformInput) -> Result<TransformOutput, Diagnostic> {
+    let source_id = Layout::new(input.dataset.clone(), input.period).source_id();
+    transform_invocation(state, input)
+        .instrument(info_span!("transform", %source_id))
+        .await
+}
+
+async fn transform_invocation(state: &StageState, input: TransformInput) -> Result<TransformOutput, Diagnostic> {
     info!(clean_key = %input.clean_key, "transform invoked");
     let (started, dataset) = (Instant::now(), input.dataset.clone());
     let result = transform::run(&state.ctx, input).await;
@@ -176,6 +196,13 @@ pub fn glue_client(sdk: &aws_config::SdkConfig, timeouts: &crate::s3::S3Timeouts
 }
 
 pub async fn handle_load(state: &LoadState, input: LoadInput) -> Result<LoadOutput, Diagnostic> {
+    let source_id = Layout::new(input.dataset.clone(), input.period).source_id();
+    load_invocation(state, input)
+        .instrument(info_span!("load", %source_id))
+        .await
+}
+
+async fn load_invocation(state: &LoadState, input: LoadInput) -> Result<LoadOutput, Diagnostic> {
     info!(manifest_key = %input.manifest_key, "load invoked");
     let (started, dataset) = (Instant::now(), input.dataset.clone());
     let result = async {

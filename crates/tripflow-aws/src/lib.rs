@@ -34,24 +34,29 @@ pub use tripflow::stages::ingest::IngestInput;
 pub use tripflow::stages::load::LoadInput;
 pub use tripflow::stages::transform::TransformInput;
 
-/// JSON logs, one object per line, as CloudWatch Logs and the Lambda JSON log format expect.
-/// The level comes from `AWS_LAMBDA_LOG_LEVEL` (set by the function's logging config) or `RUST_LOG`,
-/// default `info`.
+/// Logs as the function's logging configuration asks, like the runtime's default subscriber:
+/// `AWS_LAMBDA_LOG_FORMAT` `JSON` (one object per line, what CloudWatch Logs Insights queries; the
+/// default) or `Text`, at `AWS_LAMBDA_LOG_LEVEL` (or `RUST_LOG`, default `info`). Each invocation
+/// runs in a span named for its stage that carries the source id, so every line of a run says which
+/// month it belongs to.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_string());
     let filter = EnvFilter::try_new(level.to_ascii_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
-    // `try_init`: a second call (tests, a router hosting several handlers) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .json()
+    let text = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_current_span(false)
         .with_ansi(false)
         .without_time()
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    // `try_init`: a second call (tests, a router hosting several handlers) keeps the first subscriber.
+    let _ = if text {
+        builder.try_init()
+    } else {
+        builder.json().with_current_span(true).with_span_list(false).try_init()
+    };
 }
 
 /// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL` (moto, LocalStack) as
