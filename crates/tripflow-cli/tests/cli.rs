@@ -345,13 +345,19 @@ async fn history_lists_each_loaded_version_newest_first_with_its_source_md5() {
             summary["avg_speed_mph"].clone(),
         ));
     }
-    let history = tripflow()
-        .args(["history", "yellow/2021-03", "--json"])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
+    // `tripflow COMMAND yellow/2021-03 ARGS…` on this data folder and database.
+    let on_march = |args: &[&str]| {
+        tripflow()
+            .arg(args[0])
+            .arg("yellow/2021-03")
+            .args(&args[1..])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("DATABASE_URL", pg.url())
+            .output()
+            .unwrap()
+    };
+    let history = on_march(&["history", "--json"]);
     assert!(history.status.success(), "{}", String::from_utf8_lossy(&history.stderr));
     let versions: Vec<serde_json::Value> = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(versions.len(), 2);
@@ -366,13 +372,7 @@ async fn history_lists_each_loaded_version_newest_first_with_its_source_md5() {
     assert_eq!(versions[0]["current"], true, "the newest is current");
     assert_eq!(versions[1]["current"], false);
 
-    let text = tripflow()
-        .args(["history", "yellow/2021-03"])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
+    let text = on_march(&["history"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains(md5s[0].0.as_str().unwrap()) && text.contains("current"),
@@ -383,15 +383,7 @@ async fn history_lists_each_loaded_version_newest_first_with_its_source_md5() {
     assert_eq!(bad.status.code(), Some(2), "a malformed month is a usage error");
 
     // restore --version 1: the first file's version is current again, in the answers and the lake.
-    let restore = |version: &str| {
-        tripflow()
-            .args(["restore", "yellow/2021-03", "--version", version, "--json"])
-            .arg("--data-dir")
-            .arg(&data)
-            .env("DATABASE_URL", pg.url())
-            .output()
-            .unwrap()
-    };
+    let restore = |version: &str| on_march(&["restore", "--version", version, "--json"]);
     let restored = restore("1");
     assert!(
         restored.status.success(),
@@ -404,13 +396,7 @@ async fn history_lists_each_loaded_version_newest_first_with_its_source_md5() {
     assert_eq!(restored["rows_kept"], md5s[0].1);
     assert_eq!(restored["avg_speed_mph"], md5s[0].2);
     assert_eq!(restored["commits"].as_array().unwrap().len(), 3, "{restored}");
-    let history = tripflow()
-        .args(["history", "yellow/2021-03", "--json"])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("DATABASE_URL", pg.url())
-        .output()
-        .unwrap();
+    let history = on_march(&["history", "--json"]);
     let versions: Vec<serde_json::Value> = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(
         (versions[1]["version"].clone(), versions[1]["current"].clone()),

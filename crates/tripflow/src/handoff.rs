@@ -108,13 +108,6 @@ fn files_of(
         .collect()
 }
 
-/// What a publish did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Published {
-    pub load: LoadOutput,
-    pub commits: Vec<TableCommit>,
-}
-
 async fn read_manifests(
     store: &dyn ObjectStore,
     layout: &Layout,
@@ -128,8 +121,8 @@ async fn read_manifests(
 }
 
 /// Records `intent` (step 1) and carries it through (steps 2 to 4). Resuming a pending intent is the
-/// same call.
-pub async fn publish(ctx: &StageContext, client: &mut Client, intent: PublishIntent) -> Result<Published> {
+/// same call. Returns the run's load output, which names the Delta version of each table.
+pub async fn publish(ctx: &StageContext, client: &mut Client, intent: PublishIntent) -> Result<LoadOutput> {
     let source_id = intent.staged.source_id.clone();
     versions::lock_publish(client, &source_id).await?;
     let published = publish_locked(ctx, client, intent).await;
@@ -137,7 +130,7 @@ pub async fn publish(ctx: &StageContext, client: &mut Client, intent: PublishInt
     published
 }
 
-async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: PublishIntent) -> Result<Published> {
+async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: PublishIntent) -> Result<LoadOutput> {
     let store = ctx.store.as_ref();
     let layout = Layout::new(intent.dataset.clone(), intent.period);
     let intent_key = layout.run_report_key(&intent.run_id, INTENT_REPORT);
@@ -188,7 +181,7 @@ async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: Publish
         table: crate::db::TRIPS_TABLE.to_string(),
         version: staged.version,
         run_id: intent.run_id.clone(),
-        lake: commits.clone(),
+        lake: commits,
     };
     let record = VersionRecord {
         source_id: staged.source_id.clone(),
@@ -199,7 +192,7 @@ async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: Publish
         clean,
         transform,
         load: load.clone(),
-        commits: commits.clone(),
+        commits: load.lake.clone(),
         files_deleted: false,
     };
     put_json(store, &layout.version_key(staged.version), &record).await?;
@@ -215,7 +208,7 @@ async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: Publish
     .await?;
     collect_garbage(store, &layout, &dropped).await;
     info!(source_id = %staged.source_id, version = staged.version, run_id = %intent.run_id, "published");
-    Ok(Published { load, commits })
+    Ok(load)
 }
 
 /// The manifests a month's current version is known by (the shrink guard reads `clean.json`).
@@ -313,15 +306,7 @@ pub async fn roll_forward(
         let state = versions::version_state(client, &intent.staged.source_id, intent.staged.version).await?;
         if !matches!(state.as_deref(), Some("staged" | "current")) {
             warn!(run_id = %intent.run_id, ?state, "a pending publish whose database version is gone; abandoned");
-            put_json(
-                store,
-                &key,
-                &PublishIntent {
-                    state: IntentState::Abandoned,
-                    ..intent
-                },
-            )
-            .await?;
+            abandon(store, &key, intent).await?;
             continue;
         }
         info!(run_id = %intent.run_id, version = intent.staged.version, "finishing a publish an earlier process left pending");
@@ -334,19 +319,20 @@ pub async fn roll_forward(
             // the caller's own publish then replaces whatever part of it landed.
             Err(err) => {
                 warn!(%run_id, error = %err, "a pending publish cannot be finished; abandoned");
-                put_json(
-                    store,
-                    &key,
-                    &PublishIntent {
-                        state: IntentState::Abandoned,
-                        ..intent
-                    },
-                )
-                .await?;
+                abandon(store, &key, intent).await?;
             }
         }
     }
     Ok(finished)
+}
+
+/// Marks a pending publish that can never be finished as abandoned, so it no longer holds the month.
+async fn abandon(store: &dyn ObjectStore, key: &str, intent: PublishIntent) -> Result<()> {
+    let abandoned = PublishIntent {
+        state: IntentState::Abandoned,
+        ..intent
+    };
+    put_json(store, key, &abandoned).await.map(|_| ())
 }
 
 /// What `tripflow restore` did.

@@ -222,7 +222,7 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     let intent_key = layout.run_report_key(&run_id, handoff::INTENT_REPORT);
     match get_json::<PublishIntent>(store.as_ref(), &intent_key).await {
         Ok(intent) => match intent.state {
-            IntentState::Pending => return Ok(handoff::publish(ctx, client, intent).await?.load),
+            IntentState::Pending => return handoff::publish(ctx, client, intent).await,
             IntentState::Done => {
                 let record: handoff::VersionRecord =
                     get_json(store.as_ref(), &layout.version_key(intent.staged.version)).await?;
@@ -274,12 +274,12 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     let published = handoff::publish(ctx, client, intent).await?;
     info!(
         %source_id,
-        version = published.load.version,
-        rows_loaded = published.load.rows_loaded,
-        rows_replaced = published.load.rows_replaced,
+        version = published.version,
+        rows_loaded = published.rows_loaded,
+        rows_replaced = published.rows_replaced,
         "load done"
     );
-    Ok(published.load)
+    Ok(published)
 }
 
 #[cfg(test)]
