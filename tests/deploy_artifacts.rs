@@ -796,12 +796,62 @@ fn every_lambda_task_retries_service_errors_with_jitter() {
     }
 }
 
+/// The one non-retryable error the state machine does retry: an ingest that found its month held by
+/// another execution waits for it (the CLI, with no one to wait for it, says so and stops).
+const WAITS_FOR_THE_MONTH: (&str, &str) = ("Ingest", "ConcurrentRun");
+
+#[test]
+fn an_execution_that_finds_its_month_held_waits_longer_than_a_lease_can_last() {
+    let machine = asl();
+    for task in lambda_tasks(&machine) {
+        let retriers: Vec<&Value> = task.state["Retry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| strings(&r["ErrorEquals"]).contains(&"ConcurrentRun"))
+            .collect();
+        if task.name != WAITS_FOR_THE_MONTH.0 {
+            assert!(
+                retriers.is_empty(),
+                "{}: only ingest, before the run wrote anything, waits",
+                task.name
+            );
+            continue;
+        }
+        let [retrier] = retriers[..] else {
+            panic!("Ingest retries ConcurrentRun in one retrier: {retriers:?}");
+        };
+        assert_eq!(
+            retrier["JitterStrategy"], "NONE",
+            "a jittered wait may end before the lease does"
+        );
+        let (mut interval, rate) = (
+            retrier["IntervalSeconds"].as_f64().unwrap(),
+            retrier["BackoffRate"].as_f64().unwrap(),
+        );
+        let max_delay = retrier["MaxDelaySeconds"].as_f64().unwrap_or(f64::MAX);
+        let mut waited = 0.0;
+        for _ in 0..retrier["MaxAttempts"].as_u64().unwrap() {
+            waited += interval.min(max_delay);
+            interval *= rate;
+        }
+        let lease_s = tripflow::lease::DEFAULT_TTL.as_secs_f64();
+        assert!(
+            waited > lease_s,
+            "Ingest waits {waited} s for a held month; a holder that died frees it after {lease_s} s"
+        );
+    }
+}
+
 #[test]
 fn lambda_tasks_never_retry_errors_a_retry_would_only_repeat() {
     let machine = asl();
     for task in lambda_tasks(&machine) {
         for retrier in task.state["Retry"].as_array().into_iter().flatten() {
             for error in strings(&retrier["ErrorEquals"]) {
+                if (task.name.as_str(), error) == WAITS_FOR_THE_MONTH {
+                    continue;
+                }
                 assert!(
                     !non_retryable_errors().contains(&error) && !matches!(error, "States.ALL" | "States.TaskFailed"),
                     "{} retries {error}, which fails the same way every time",

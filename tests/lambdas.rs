@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_lambda_events::event::s3::S3Event;
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -26,13 +24,14 @@ use tripflow::stages::clean::{CleanInput, CleanOutput};
 use tripflow::stages::ingest::{IngestInput, IngestOutput};
 use tripflow::stages::load::{LoadInput, LoadOutput};
 use tripflow::stages::transform::{PICKUP_DATE, TransformInput, TransformOutput, curated_schema};
-use tripflow::storage::{ByteStream, ObjectSink, ObjectStore};
+use tripflow::storage::ObjectStore;
 use tripflow_aws::env::{DbSource, GlueTable, LoadEnv, StageEnv, TriggerEnv};
 use tripflow_aws::handlers::{
     LoadState, StageState, TriggerState, handle_clean, handle_ingest, handle_load, handle_transform, handle_trigger,
 };
 use tripflow_aws::s3::{MD5_METADATA_KEY, PART_BYTES, S3Store, S3Timeouts};
 use tripflow_aws::trigger::TriggerEvent;
+use tripflow_tests::intercept::Intercepted;
 use tripflow_tests::moto::Moto;
 use tripflow_tests::pg::TestPostgres;
 
@@ -73,6 +72,7 @@ impl World {
                 bucket: BUCKET.into(),
                 pipeline: PipelineConfig::default(),
                 s3_timeouts: S3Timeouts::default(),
+                lease_ttl: tripflow::lease::DEFAULT_TTL,
             },
         );
         World {
@@ -314,6 +314,7 @@ async fn a_database_down_at_init_fails_the_invocation_as_retryable_not_the_init(
             bucket: BUCKET.into(),
             pipeline: PipelineConfig::default(),
             s3_timeouts: S3Timeouts::default(),
+            lease_ttl: tripflow::lease::DEFAULT_TTL,
         },
         db: DbSource::Url(format!("postgres://tripflow@127.0.0.1:{port}/tripflow")),
         ca_file: None,
@@ -324,7 +325,7 @@ async fn a_database_down_at_init_fails_the_invocation_as_retryable_not_the_init(
     let input = LoadInput {
         dataset: "yellow".into(),
         period: MONTH.parse().unwrap(),
-        manifest_key: "reports/x".into(),
+        manifest_key: "reports/yellow/2021-03/runs/r1/transform.json".into(),
     };
     let err = handle_load(&state, input).await.unwrap_err();
     assert_eq!(err.error_type, "DatabaseUnavailable", "{}", err.error_message);
@@ -340,6 +341,7 @@ async fn a_database_that_accepts_and_never_answers_fails_the_load_as_a_timeout()
             bucket: BUCKET.into(),
             pipeline: PipelineConfig::default(),
             s3_timeouts: S3Timeouts::default(),
+            lease_ttl: tripflow::lease::DEFAULT_TTL,
         },
         db: DbSource::Url(format!("postgres://tripflow@127.0.0.1:{port}/tripflow")),
         ca_file: None,
@@ -353,7 +355,7 @@ async fn a_database_that_accepts_and_never_answers_fails_the_load_as_a_timeout()
     let input = LoadInput {
         dataset: "yellow".into(),
         period: MONTH.parse().unwrap(),
-        manifest_key: "reports/x".into(),
+        manifest_key: "reports/yellow/2021-03/runs/r1/transform.json".into(),
     };
     let started = Instant::now();
     let err = handle_load(&state, input).await.unwrap_err();
@@ -416,12 +418,74 @@ async fn create_curated_table(glue: &aws_sdk_glue::Client, location: &str, colum
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_second_execution_of_a_month_fails_concurrent_run_changing_nothing_until_the_first_ends() {
+    let world = World::new().await;
+    let pg = TestPostgres::start().await;
+    let body = world.generate(20_000, 11);
+    world.land(LANDING_KEY, &body).await;
+    let md5 = md5_hex(&body);
+    let lease_key = "reports/yellow/2021-03/lease.json";
+
+    let first = world.ingest(Some(&md5)).await.unwrap();
+    let refused = |err: lambda_runtime::Diagnostic| {
+        assert_eq!(err.error_type, "ConcurrentRun", "{}", err.error_message);
+        assert!(
+            err.error_message.contains(&first.run_id),
+            "names the holder: {}",
+            err.error_message
+        );
+    };
+    // While the first run is anywhere between ingest and load, another execution's ingest is refused
+    // before it writes a byte.
+    let cleaned: CleanOutput = handle_clean(&world.state, pass_on(&first)).await.unwrap();
+    let before = world.keys("").await;
+    refused(world.ingest(Some(&md5)).await.unwrap_err());
+    assert_eq!(world.keys("").await, before, "the refused ingest wrote nothing");
+    let transformed = handle_transform(&world.state, pass_on::<TransformInput>(&cleaned))
+        .await
+        .unwrap();
+    refused(world.ingest(Some(&md5)).await.unwrap_err());
+    let state = load_state(&world, &pg, false).await;
+    let loaded = handle_load(&state, pass_on(&transformed)).await.unwrap();
+    assert_eq!(loaded.run_id, first.run_id);
+
+    // The load ended the run and gave the month up: the next execution runs.
+    assert!(!world.keys(lease_key).await.contains(&lease_key.to_string()));
+    let second = world.ingest(Some(&md5)).await.unwrap();
+    assert_ne!(second.run_id, first.run_id);
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_expired_and_was_taken_over_stops_at_its_next_stage() {
+    let world = World::new().await;
+    let body = world.generate(5_000, 12);
+    world.land(LANDING_KEY, &body).await;
+    // A run that stalls past its lease (here: a lease that lasts a millisecond) ...
+    let mut stalled = world.state.clone();
+    stalled.lease_ttl = Duration::from_millis(1);
+    let input: IngestInput = serde_json::from_value(json!({"source": format!("s3://{BUCKET}/{LANDING_KEY}")})).unwrap();
+    let old = handle_ingest(&stalled, input).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // ... loses the month to the next execution, and its next stage stops without writing.
+    let new = world.ingest(None).await.unwrap();
+    let before = world.keys("").await;
+    let err = handle_clean(&world.state, pass_on(&old)).await.unwrap_err();
+    assert_eq!(err.error_type, "ConcurrentRun", "{}", err.error_message);
+    assert!(err.error_message.contains(&new.run_id), "{}", err.error_message);
+    assert_eq!(world.keys("").await, before);
+    // The new holder carries on.
+    let cleaned: CleanOutput = handle_clean(&world.state, pass_on(&new)).await.unwrap();
+    assert_eq!(cleaned.verdict, Verdict::Ok);
+}
+
 async fn load_state(world: &World, pg: &TestPostgres, glue: bool) -> LoadState {
     let env = LoadEnv {
         stage: StageEnv {
             bucket: BUCKET.into(),
             pipeline: PipelineConfig::default(),
             s3_timeouts: S3Timeouts::default(),
+            lease_ttl: tripflow::lease::DEFAULT_TTL,
         },
         db: DbSource::Url(pg.url().to_string()),
         ca_file: None,
@@ -511,57 +575,14 @@ async fn the_ingest_handler_fetches_only_its_own_bucket_and_https() {
 // ---------------------------------------------------------------------------------------------
 // The S3 store itself
 
-/// Counts the bytes each read brings back from the store it wraps.
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn ObjectStore>,
-    bytes: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl ObjectStore for Counting {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn size(&self, key: &str) -> tripflow::Result<Option<u64>> {
-        self.inner.size(key).await
-    }
-    async fn get(&self, key: &str) -> tripflow::Result<ByteStream> {
-        let bytes = self.bytes.clone();
-        let stream = self.inner.get(key).await?;
-        Ok(Box::pin(stream.inspect_ok(move |chunk| {
-            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        })))
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> tripflow::Result<Bytes> {
-        let got = self.inner.get_range(key, range).await?;
-        self.bytes.fetch_add(got.len() as u64, Ordering::Relaxed);
-        Ok(got)
-    }
-    async fn create(&self, key: &str) -> tripflow::Result<Box<dyn ObjectSink>> {
-        self.inner.create(key).await
-    }
-    async fn list(&self, prefix: &str) -> tripflow::Result<Vec<String>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> tripflow::Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn lake_location(&self, prefix: &str) -> tripflow::Result<tripflow::lake::LakeLocation> {
-        self.inner.lake_location(prefix).await
-    }
-}
-
 #[tokio::test]
 async fn reading_one_column_of_a_parquet_object_fetches_a_fraction_of_it() {
     let world = World::new().await;
     let body = world.generate(100_000, 5);
     world.land(LANDING_KEY, &body).await;
-    let bytes = Arc::new(AtomicU64::new(0));
-    let counting: Arc<dyn ObjectStore> = Arc::new(Counting {
-        inner: world.store(),
-        bytes: bytes.clone(),
-    });
+    let intercepted = Intercepted::new(world.store());
+    let bytes = intercepted.bytes_read();
+    let counting: Arc<dyn ObjectStore> = Arc::new(intercepted);
 
     let (_, stream) = tripflow::parquet_io::open_stream(&counting, LANDING_KEY, Some(&["trip_distance"]))
         .await

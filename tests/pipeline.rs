@@ -18,6 +18,7 @@ use tripflow::storage::LocalStore;
 use tripflow_tests::data::shared_file;
 use tripflow_tests::expected::expected_from_file;
 use tripflow_tests::faults::Stalling;
+use tripflow_tests::intercept::Intercepted;
 use tripflow_tests::local::Setup;
 use tripflow_tests::pg::TestPostgres;
 
@@ -1268,49 +1269,6 @@ async fn a_publish_waits_while_another_publish_of_the_month_holds_its_lock() {
     );
 }
 
-/// The local store with one zone that refuses every write, as an S3 prefix the role may not write
-/// (`AccessDenied`) or a read-only folder would.
-#[derive(Debug)]
-struct RefusingZone {
-    inner: Arc<dyn tripflow::storage::ObjectStore>,
-    zone: &'static str,
-}
-
-#[async_trait::async_trait]
-impl tripflow::storage::ObjectStore for RefusingZone {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn size(&self, key: &str) -> tripflow::Result<Option<u64>> {
-        self.inner.size(key).await
-    }
-    async fn get(&self, key: &str) -> tripflow::Result<tripflow::storage::ByteStream> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> tripflow::Result<bytes::Bytes> {
-        self.inner.get_range(key, range).await
-    }
-    async fn create(&self, key: &str) -> tripflow::Result<Box<dyn tripflow::storage::ObjectSink>> {
-        if key.starts_with(self.zone) {
-            return Err(Error::StorageRefused {
-                action: "writing",
-                key: key.to_string(),
-                detail: "permission denied".into(),
-            });
-        }
-        self.inner.create(key).await
-    }
-    async fn list(&self, prefix: &str) -> tripflow::Result<Vec<String>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> tripflow::Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn lake_location(&self, prefix: &str) -> tripflow::Result<tripflow::lake::LakeLocation> {
-        self.inner.lake_location(prefix).await
-    }
-}
-
 #[tokio::test]
 async fn an_unwritable_zone_fails_the_run_as_storage_refused_and_changes_nothing_readers_see() {
     let setup = Setup::new().await;
@@ -1319,10 +1277,7 @@ async fn an_unwritable_zone_fails_the_run_as_storage_refused_and_changes_nothing
     for zone in ["curated/", "quarantine/", "reports/"] {
         let before = setup.snapshot().await;
         let refusing = StageContext::new(
-            Arc::new(RefusingZone {
-                inner: setup.ctx.store.clone(),
-                zone,
-            }),
+            Arc::new(Intercepted::new(setup.ctx.store.clone()).refusing_writes_under(zone)),
             PipelineConfig::default(),
         );
         let mut client = setup.pg.client().await;

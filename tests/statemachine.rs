@@ -104,6 +104,19 @@ impl Execution {
             .collect()
     }
 
+    /// When the execution first entered `state`.
+    fn entered_at(&self, state: &str) -> Option<aws_sdk_sfn::primitives::DateTime> {
+        self.history
+            .iter()
+            .find(|e| e.state_entered_event_details().is_some_and(|d| d.name() == state))
+            .map(|e| *e.timestamp())
+    }
+
+    /// When the execution's last event happened.
+    fn ended_at(&self) -> aws_sdk_sfn::primitives::DateTime {
+        *self.history.last().expect("an execution has events").timestamp()
+    }
+
     fn describe(&self) -> String {
         let states: Vec<String> = self
             .history
@@ -190,6 +203,7 @@ impl Setup {
                     bucket: BUCKET.to_string(),
                     pipeline: config,
                     s3_timeouts: tripflow_aws::s3::S3Timeouts::default(),
+                    lease_ttl: tripflow::lease::DEFAULT_TTL,
                 },
             )
         };
@@ -684,7 +698,7 @@ async fn a_much_smaller_file_fails_as_suspicious_shrink_unless_the_input_allows_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_executions_of_the_same_month_at_once_leave_the_database_and_every_lake_table_on_one_run() {
+async fn two_executions_of_the_same_month_at_once_run_one_after_the_other_and_end_on_the_later() {
     let setup = Setup::new().await;
     let mut inputs = Vec::new();
     for (name, seed) in [("a", 21), ("b", 22)] {
@@ -698,6 +712,25 @@ async fn two_executions_of_the_same_month_at_once_leave_the_database_and_every_l
     );
     assert_eq!(a.status, ExecutionStatus::Succeeded, "{}", a.describe());
     assert_eq!(b.status, ExecutionStatus::Succeeded, "{}", b.describe());
+
+    // One took the month; the other's ingest found it held (ConcurrentRun), waited in its Retry,
+    // and only went on to clean after the first had finished: the runs never interleaved.
+    let waited = |e: &Execution| e.task_failures().iter().any(|f| f == "ConcurrentRun");
+    let (first, second) = match (waited(&a), waited(&b)) {
+        (false, true) => (&a, &b),
+        (true, false) => (&b, &a),
+        other => panic!(
+            "exactly one execution waits for the month, not {other:?}: {} / {}",
+            a.describe(),
+            b.describe()
+        ),
+    };
+    let second_cleaned = second.entered_at("Clean").expect("the second run cleaned");
+    assert!(
+        second_cleaned.as_nanos() > first.ended_at().as_nanos(),
+        "the second run cleaned at {second_cleaned} before the first ended at {}",
+        first.ended_at()
+    );
 
     // The run that published last is current in PostgreSQL and in every Delta table on S3.
     let store = tripflow_aws::s3::S3Store::from_sdk(&setup.sdk, &Default::default(), BUCKET);
@@ -713,6 +746,19 @@ async fn two_executions_of_the_same_month_at_once_leave_the_database_and_every_l
         .find(|v| v.current)
         .unwrap();
     assert_eq!(in_database.version, current.version);
+    assert_eq!(
+        current.version, 2,
+        "each run published its own version, the waiting one last"
+    );
+    let second_output: Value = serde_json::from_str(
+        second
+            .history
+            .iter()
+            .find_map(|e| e.execution_succeeded_event_details().and_then(|d| d.output()))
+            .expect("the second execution's output"),
+    )
+    .unwrap();
+    assert_eq!(second_output["ingest"]["run_id"], current.run_id.as_str());
     assert_eq!(setup.pg.trip_count(SOURCE_ID).await as u64, current.rows_loaded);
     for table in tripflow::lake::tables("yellow") {
         let live = tripflow::lake::live_files(&store, &table, "2021-03".parse().unwrap())

@@ -4,6 +4,7 @@
 //! - [`local::Setup`]: the whole pipeline over a local folder and a throwaway cluster.
 //! - [`expected`]: a month's answers computed independently of the pipeline's code.
 //! - [`moto`]: moto in server mode for S3, Glue, SNS and Step Functions.
+//! - [`intercept::Intercepted`]: a store in front of a real one that counts reads or refuses a zone.
 //! - [`parquet_crc`]: Parquet files with data-page CRCs, and damage inside one page.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,6 +12,7 @@
 pub mod data;
 pub mod expected;
 pub mod faults;
+pub mod intercept;
 pub mod local;
 pub mod moto;
 pub mod parquet_crc;

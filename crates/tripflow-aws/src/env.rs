@@ -46,6 +46,12 @@ pub const ENV_S3_READ_TIMEOUT_S: &str = "TRIPFLOW_S3_READ_TIMEOUT_S";
 /// attempt (3 attempts in all) before the function fails with `Timeout`. Default 120.
 pub const ENV_S3_ATTEMPT_TIMEOUT_S: &str = "TRIPFLOW_S3_ATTEMPT_TIMEOUT_S";
 
+/// Seconds a stage's claim on its month lasts after the stage starts (every stage renews it): while
+/// it lasts, another execution of the month fails `ConcurrentRun` (and the state machine retries
+/// that ingest until the month is free). It must outlast one stage and the crawl after it. A claim
+/// whose holder died is taken over after this. Default 1800.
+pub const ENV_LEASE_SECONDS: &str = "TRIPFLOW_LEASE_SECONDS";
+
 pub const DEFAULT_DB_PORT: u16 = 5432;
 pub const DEFAULT_DB_NAME: &str = "postgres";
 
@@ -111,6 +117,7 @@ pub struct StageEnv {
     pub bucket: String,
     pub pipeline: PipelineConfig,
     pub s3_timeouts: S3Timeouts,
+    pub lease_ttl: std::time::Duration,
 }
 
 impl StageEnv {
@@ -121,10 +128,23 @@ impl StageEnv {
     pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
         let bucket = required(lookup, ENV_BUCKET, "the bucket that holds the pipeline's zones")?;
         let pipeline = PipelineConfig::from_lookup(|name| get(lookup, name))?;
+        let lease_ttl = match get(lookup, ENV_LEASE_SECONDS) {
+            None => tripflow::lease::DEFAULT_TTL,
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (60..=86_400).contains(s))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| ConfigError::Malformed {
+                    name: ENV_LEASE_SECONDS,
+                    problem: format!("{raw:?}: expected whole seconds from 60 to 86400"),
+                })?,
+        };
         Ok(StageEnv {
             bucket,
             pipeline,
             s3_timeouts: s3_timeouts(lookup)?,
+            lease_ttl,
         })
     }
 }
@@ -370,6 +390,18 @@ mod tests {
             err.to_string().contains(tripflow::config::ENV_HTTP_READ_TIMEOUT_S),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_lease_lasts_half_an_hour_unless_set_and_refuses_nonsense() {
+        let env = StageEnv::from_lookup(&vars(&[(ENV_BUCKET, "b")])).unwrap();
+        assert_eq!(env.lease_ttl, std::time::Duration::from_secs(1800));
+        let env = StageEnv::from_lookup(&vars(&[(ENV_BUCKET, "b"), (ENV_LEASE_SECONDS, "3600")])).unwrap();
+        assert_eq!(env.lease_ttl, std::time::Duration::from_secs(3600));
+        for bad in ["0", "59", "a while", "1e9"] {
+            let err = StageEnv::from_lookup(&vars(&[(ENV_BUCKET, "b"), (ENV_LEASE_SECONDS, bad)])).unwrap_err();
+            assert!(err.to_string().contains(ENV_LEASE_SECONDS), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lambda_runtime::Diagnostic;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 use tripflow::error::Error;
-use tripflow::stages::StageContext;
+use tripflow::lease::MonthLease;
 use tripflow::stages::clean::{self, CleanInput, CleanOutput};
 use tripflow::stages::ingest::{self, IngestInput, IngestOutput, Source};
 use tripflow::stages::load::{self, LoadInput, LoadOutput};
 use tripflow::stages::transform::{self, TransformInput, TransformOutput};
+use tripflow::stages::{StageContext, Verdict};
 use tripflow::storage::Layout;
 
 use crate::catalog::CatalogCheck;
@@ -56,6 +57,8 @@ fn finish<T>(stage: &'static str, result: Result<T, Error>) -> Result<T, Diagnos
 #[derive(Debug, Clone)]
 pub struct StageState {
     pub ctx: StageContext,
+    /// How long a stage's claim on its month lasts ([`tripflow::lease`]).
+    pub lease_ttl: std::time::Duration,
     /// The same store as `ctx.store`, typed, for what only S3 has (aborting uploads at shutdown).
     pub s3: Option<S3Store>,
     /// Where each invocation's metrics go (EMF lines on stdout in a function).
@@ -66,6 +69,7 @@ impl StageState {
     pub fn new(ctx: StageContext) -> Self {
         StageState {
             ctx,
+            lease_ttl: tripflow::lease::DEFAULT_TTL,
             s3: None,
             metrics: MetricsSink::Stdout,
         }
@@ -82,10 +86,72 @@ impl StageState {
         let store = S3Store::from_sdk(sdk, &env.s3_timeouts, env.bucket);
         StageState {
             ctx: StageContext::new(Arc::new(store.clone()), env.pipeline),
+            lease_ttl: env.lease_ttl,
             s3: Some(store),
             metrics: MetricsSink::Stdout,
         }
     }
+}
+
+/// Whether a stage's outcome ends its execution (a refused verdict, the last stage, a failure
+/// the state machine does not retry), so its claim on the month can go at once.
+trait EndsRun {
+    fn ends_run(&self) -> bool;
+}
+
+impl EndsRun for IngestOutput {
+    fn ends_run(&self) -> bool {
+        self.verdict != Verdict::Ok
+    }
+}
+impl EndsRun for CleanOutput {
+    fn ends_run(&self) -> bool {
+        self.verdict != Verdict::Ok
+    }
+}
+impl EndsRun for TransformOutput {
+    fn ends_run(&self) -> bool {
+        self.verdict != Verdict::Ok
+    }
+}
+impl EndsRun for LoadOutput {
+    fn ends_run(&self) -> bool {
+        true
+    }
+}
+
+/// Runs one stage of `run_id` while holding its month ([`MonthLease`]): two executions of a month
+/// never interleave. The claim is renewed before the stage and given up when the run is over.
+async fn leased<T: EndsRun>(
+    state: &StageState,
+    layout: &Layout,
+    run_id: &str,
+    stage: &'static str,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let store = state.ctx.store.as_ref();
+    let lease = MonthLease::new(layout, state.lease_ttl);
+    lease.hold(store, run_id, stage, chrono::Utc::now()).await?;
+    let result = work.await;
+    // A failed ingest is retried under a new run id, so its own claim goes whatever the failure.
+    let over = match &result {
+        Ok(output) => output.ends_run(),
+        Err(err) => stage == ingest::STAGE || !err.is_retryable(),
+    };
+    if over && let Err(err) = lease.release(store, run_id).await {
+        warn!(lease = %lease.key(), error = %err, "could not release the month; it frees itself when the lease expires");
+    }
+    result
+}
+
+/// The run a later stage works for, from its run-scoped manifest key.
+fn run_of(layout: &Layout, manifest_key: &str) -> Result<String, Error> {
+    layout.run_of_report(manifest_key).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "{manifest_key} is not a run's manifest of {}",
+            layout.source_id()
+        ))
+    })
 }
 
 /// Ingest from the bucket's own `s3://` objects or from `https://` URLs only. Local paths would read
@@ -114,9 +180,13 @@ async fn ingest_invocation(state: &StageState, input: IngestInput) -> Result<Ing
     info!(source = %input.source, "ingest invoked");
     let started = Instant::now();
     let dataset = ingest::layout_of(&input).map_or_else(|_| UNKNOWN_DATASET.to_string(), |l| l.dataset);
-    let result = match check_lambda_source(state, &input.source) {
-        Ok(()) => ingest::run(&state.ctx, input).await,
-        Err(err) => Err(err),
+    let result = match (check_lambda_source(state, &input.source), ingest::layout_of(&input)) {
+        (Ok(()), Ok(layout)) => {
+            let run_id = ingest::new_run_id();
+            let work = ingest::run_as(&state.ctx, input, run_id.clone());
+            leased(state, &layout, &run_id, ingest::STAGE, work).await
+        }
+        (Err(err), _) | (_, Err(err)) => Err(err),
     };
     state
         .metrics
@@ -133,7 +203,9 @@ pub async fn handle_clean(state: &StageState, input: CleanInput) -> Result<Clean
 async fn clean_invocation(state: &StageState, input: CleanInput) -> Result<CleanOutput, Diagnostic> {
     info!(raw_key = %input.raw_key, "clean invoked");
     let (started, dataset) = (Instant::now(), input.dataset.clone());
-    let result = clean::run(&state.ctx, input).await;
+    let layout = Layout::new(input.dataset.clone(), input.period);
+    let run_id = input.run_id.clone();
+    let result = leased(state, &layout, &run_id, clean::STAGE, clean::run(&state.ctx, input)).await;
     state
         .metrics
         .record(clean::STAGE, &dataset, &result, started.elapsed().as_secs_f64());
@@ -150,7 +222,20 @@ pub async fn handle_transform(state: &StageState, input: TransformInput) -> Resu
 async fn transform_invocation(state: &StageState, input: TransformInput) -> Result<TransformOutput, Diagnostic> {
     info!(clean_key = %input.clean_key, "transform invoked");
     let (started, dataset) = (Instant::now(), input.dataset.clone());
-    let result = transform::run(&state.ctx, input).await;
+    let layout = Layout::new(input.dataset.clone(), input.period);
+    let result = match run_of(&layout, &input.manifest_key) {
+        Ok(run_id) => {
+            leased(
+                state,
+                &layout,
+                &run_id,
+                transform::STAGE,
+                transform::run(&state.ctx, input),
+            )
+            .await
+        }
+        Err(err) => Err(err),
+    };
     state
         .metrics
         .record(transform::STAGE, &dataset, &result, started.elapsed().as_secs_f64());
@@ -205,14 +290,20 @@ pub async fn handle_load(state: &LoadState, input: LoadInput) -> Result<LoadOutp
 async fn load_invocation(state: &LoadState, input: LoadInput) -> Result<LoadOutput, Diagnostic> {
     info!(manifest_key = %input.manifest_key, "load invoked");
     let (started, dataset) = (Instant::now(), input.dataset.clone());
+    let layout = Layout::new(input.dataset.clone(), input.period);
     let result = async {
-        let ctx = &state.stage.ctx;
-        if let Some(catalog) = &state.catalog {
-            let prefix = Layout::new(input.dataset.clone(), input.period).curated_prefix();
-            catalog.verify(&format!("{}/{prefix}", ctx.store.describe())).await?;
-        }
-        let mut client = state.db.client().await?;
-        load::run(ctx, &mut client, input).await
+        let run_id = run_of(&layout, &input.manifest_key)?;
+        let work = async {
+            let ctx = &state.stage.ctx;
+            if let Some(catalog) = &state.catalog {
+                catalog
+                    .verify(&format!("{}/{}", ctx.store.describe(), layout.curated_prefix()))
+                    .await?;
+            }
+            let mut client = state.db.client().await?;
+            load::run(ctx, &mut client, input).await
+        };
+        leased(&state.stage, &layout, &run_id, load::STAGE, work).await
     }
     .await;
     state

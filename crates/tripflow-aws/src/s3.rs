@@ -22,7 +22,7 @@ use md5::{Digest, Md5};
 use tracing::{debug, info, warn};
 use tripflow::checksum::Md5Counter;
 use tripflow::error::{Error, Result};
-use tripflow::storage::{ByteStream, ObjectInfo, ObjectSink, ObjectStore};
+use tripflow::storage::{ByteStream, Expect, ObjectInfo, ObjectSink, ObjectStore, Tagged};
 
 use crate::sdk_error::{self, Class};
 
@@ -380,6 +380,70 @@ impl ObjectStore for S3Store {
             },
         }
     }
+
+    async fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
+        let object = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(object) => object,
+            Err(err) => {
+                return match s3_error(&self.client, "reading", key, err) {
+                    Error::ObjectNotFound { .. } => Ok(None),
+                    other => Err(other),
+                };
+            }
+        };
+        let tag = object.e_tag().unwrap_or_default().to_string();
+        let body = object.body.collect().await.map_err(|e| Error::StorageUnavailable {
+            action: "reading",
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(Tagged {
+            body: body.into_bytes(),
+            tag,
+        }))
+    }
+
+    async fn put_if(&self, key: &str, body: Bytes, expect: Expect<'_>) -> Result<bool> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_md5(md5_base64(&body))
+            .metadata(MD5_METADATA_KEY, hex::encode(Md5::digest(&body)))
+            .body(SdkByteStream::from(body));
+        let request = match expect {
+            Expect::Absent => request.if_none_match("*"),
+            Expect::Tag(tag) => request.if_match(tag),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(err) if lost_the_race(&err) => Ok(false),
+            Err(err) => Err(s3_error(&self.client, "writing", key, err)),
+        }
+    }
+
+    async fn delete_if(&self, key: &str, tag: &str) -> Result<bool> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(tag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) if lost_the_race(&err) => Ok(false),
+            Err(err) => Err(s3_error(&self.client, "deleting", key, err)),
+        }
+    }
+}
+
+/// A conditional request that found the object other than expected: 412 Precondition Failed, 409
+/// when another conditional write to the key was in flight, 404 when an `If-Match` object is gone.
+fn lost_the_race<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(sdk_error::status(err), Some(412 | 409 | 404))
 }
 
 /// A multipart upload in progress.

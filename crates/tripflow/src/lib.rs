@@ -14,6 +14,7 @@ pub mod error;
 pub mod generator;
 pub mod handoff;
 pub mod lake;
+pub mod lease;
 pub mod manifest;
 pub mod parquet_io;
 pub mod period;

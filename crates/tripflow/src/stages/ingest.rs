@@ -324,11 +324,16 @@ fn footer_of(key: &str, streamed: &Streamed) -> Result<ParquetMetaData> {
 }
 
 pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput> {
+    run_as(ctx, input, new_run_id()).await
+}
+
+/// [`run`] under a run id chosen by the caller: the Lambda claims the month for the id before the
+/// run starts.
+pub async fn run_as(ctx: &StageContext, input: IngestInput, run_id: String) -> Result<IngestOutput> {
     let store = ctx.store.as_ref();
     let source = Source::parse(&input.source, store)?;
     let layout = layout_of(&input)?;
     let (dataset, period) = (layout.dataset.clone(), layout.period);
-    let run_id = new_run_id();
     let raw_key = layout.raw_key(&run_id);
 
     if let Source::Url(url) = &source {

@@ -78,6 +78,14 @@ impl Layout {
         format!("{REPORTS}{}/{}/runs/{run_id}/{name}.json", self.dataset, self.period)
     }
 
+    /// The run a run-scoped report of this month belongs to (`…/runs/<run_id>/clean.json` → its
+    /// run id): how a stage handed a manifest knows which run it works for.
+    pub fn run_of_report(&self, key: &str) -> Option<String> {
+        let rest = key.strip_prefix(&self.runs_prefix())?;
+        let (run_id, name) = rest.split_once('/')?;
+        (!run_id.is_empty() && !name.contains('/')).then(|| run_id.to_string())
+    }
+
     /// Where a run's reports go: `reports/<dataset>/<period>/runs/`.
     pub fn runs_prefix(&self) -> String {
         format!("{REPORTS}{}/{}/runs/", self.dataset, self.period)
@@ -167,6 +175,12 @@ mod tests {
         assert_eq!(layout.version_key(3), "reports/yellow/2021-03/versions/3.json");
         assert!(layout.run_report_key("r1", "clean").starts_with(&layout.runs_prefix()));
         assert_eq!(layout.report_key("clean"), "reports/yellow/2021-03/clean.json");
+        assert_eq!(
+            layout.run_of_report(&layout.run_report_key("r1", "clean")).as_deref(),
+            Some("r1")
+        );
+        assert_eq!(layout.run_of_report("reports/yellow/2021-04/runs/r1/clean.json"), None);
+        assert_eq!(layout.run_of_report("reports/yellow/2021-03/clean.json"), None);
         assert_eq!(layout.source_id(), "yellow/2021-03");
     }
 }

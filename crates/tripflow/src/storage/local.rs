@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::fs;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{ByteStream, ObjectInfo, ObjectSink, ObjectStore};
+use super::{ByteStream, Expect, ObjectInfo, ObjectSink, ObjectStore, Tagged};
 use crate::checksum::Md5Counter;
 use crate::error::{Error, Result};
 
@@ -287,6 +287,94 @@ impl ObjectStore for LocalStore {
             Err(e) => Err(Error::io("deleting", key, e)),
         }
     }
+
+    async fn get_tagged(&self, key: &str) -> Result<Option<Tagged>> {
+        let path = self.path_of(key)?;
+        match fs::read(&path).await {
+            Ok(body) => Ok(Some(tagged(Bytes::from(body)))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("reading", key, e)),
+        }
+    }
+
+    async fn put_if(&self, key: &str, body: Bytes, expect: Expect<'_>) -> Result<bool> {
+        let (store, key, expect) = (self.clone(), key.to_string(), expect.owned());
+        blocking(move || {
+            let _exclusive = store.lock_conditional()?;
+            let path = store.path_of(&key)?;
+            if current_tag(&path, &key)? != expect {
+                return Ok(false);
+            }
+            let staging = store.root.join(STAGING_DIR).join(format!("{}-cas", std::process::id()));
+            let write = || {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&staging, &body)?;
+                std::fs::rename(&staging, &path)
+            };
+            write().map_err(|e| Error::io("writing", key.clone(), e))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_if(&self, key: &str, tag: &str) -> Result<bool> {
+        let (store, key, tag) = (self.clone(), key.to_string(), tag.to_string());
+        blocking(move || {
+            let _exclusive = store.lock_conditional()?;
+            let path = store.path_of(&key)?;
+            if current_tag(&path, &key)? != Some(tag) {
+                return Ok(false);
+            }
+            std::fs::remove_file(&path).map_err(|e| Error::io("deleting", key.clone(), e))?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+impl LocalStore {
+    /// Serialises every conditional write and delete on this store, across processes: the
+    /// compare and the write must not interleave with another's. Released on drop.
+    fn lock_conditional(&self) -> Result<std::fs::File> {
+        let locks = self.root.join(LOCKS_DIR);
+        std::fs::create_dir_all(&locks).map_err(|e| Error::io("creating", locks.display().to_string(), e))?;
+        let path = locks.join("conditional-writes.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening", path.display().to_string(), e))?;
+        file.lock()
+            .map_err(|e| Error::io("locking", path.display().to_string(), e))?;
+        Ok(file)
+    }
+}
+
+/// A local object's tag is the MD5 of its bytes, as S3's ETag is for a single-part object.
+fn tagged(body: Bytes) -> Tagged {
+    let mut md5 = Md5Counter::new();
+    md5.update(&body);
+    Tagged {
+        tag: md5.finish_hex(),
+        body,
+    }
+}
+
+fn current_tag(path: &Path, key: &str) -> Result<Option<String>> {
+    match std::fs::read(path) {
+        Ok(body) => Ok(Some(tagged(Bytes::from(body)).tag)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("reading", key, e)),
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::io("waiting for", "a file operation", std::io::Error::other(e.to_string())))?
 }
 
 struct LocalSink {

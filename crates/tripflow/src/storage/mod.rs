@@ -59,6 +59,40 @@ pub trait ObjectStore: Send + Sync + Debug {
 
     /// Where the Delta table rooted at `prefix` lives, for delta-rs (which brings its own client).
     async fn lake_location(&self, prefix: &str) -> Result<crate::lake::LakeLocation>;
+
+    /// A small object with its version tag (S3's ETag), for compare-and-swap; `None` if absent.
+    async fn get_tagged(&self, key: &str) -> Result<Option<Tagged>>;
+
+    /// Writes `body` only if `key` is as `expect`ed: absent, or still at a tag read before.
+    /// `Ok(false)` when another writer got there first (S3's 412 and 409 on conditional writes).
+    async fn put_if(&self, key: &str, body: Bytes, expect: Expect<'_>) -> Result<bool>;
+
+    /// Removes `key` only if it is still at `tag`; `Ok(false)` if it changed or is already gone.
+    async fn delete_if(&self, key: &str, tag: &str) -> Result<bool>;
+}
+
+/// An object read for a compare-and-swap: its bytes and the tag a conditional write names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub body: Bytes,
+    pub tag: String,
+}
+
+/// What a conditional write expects to find under its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect<'a> {
+    Absent,
+    Tag(&'a str),
+}
+
+impl Expect<'_> {
+    /// The tag this expects, `None` for absent: what a store compares its current tag with.
+    pub fn owned(self) -> Option<String> {
+        match self {
+            Expect::Absent => None,
+            Expect::Tag(tag) => Some(tag.to_string()),
+        }
+    }
 }
 
 /// An object being written. Nothing is visible under its key until `finish` returns.
