@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use aws_sdk_glue::Client;
 use tracing::info;
 use tripflow::error::{Error, Result};
-use tripflow::stages::transform::{PICKUP_DATE, curated_schema};
+use tripflow::handoff::curated::glue_columns;
 
 use crate::env::GlueTable;
 use crate::sdk_error::{self, Class};
@@ -21,11 +21,9 @@ pub struct TableFacts {
     pub columns: Vec<String>,
 }
 
-/// The columns a curated table must have: the curated file schema plus the `pickup_date` partition.
+/// The columns a curated table must have: the curated file columns plus the `pickup_date` partition.
 pub fn curated_columns() -> Vec<String> {
-    let mut columns: Vec<String> = curated_schema().fields().iter().map(|f| f.name().clone()).collect();
-    columns.push(PICKUP_DATE.to_string());
-    columns
+    glue_columns().into_iter().map(|(name, _)| name.to_string()).collect()
 }
 
 fn normalise_location(location: &str) -> String {

@@ -25,9 +25,10 @@ use tracing::{info, warn};
 
 use crate::contract;
 use crate::error::{Error, Result};
-use crate::manifest::ManifestObject;
+use crate::handoff::manifest::ManifestObject;
 use crate::period::Period;
-use crate::stages::{clean, transform};
+use crate::handoff::curated;
+use crate::stages::clean;
 use crate::storage::ObjectStore;
 
 /// Attempts of one month's commit when another writer's commit lands in between (a replace of
@@ -68,7 +69,7 @@ impl Zone {
     /// The table's partition column: the month for clean and quarantine, the pickup day for curated.
     pub fn partition_column(self) -> &'static str {
         match self {
-            Zone::Curated => transform::PICKUP_DATE,
+            Zone::Curated => curated::PICKUP_DATE,
             Zone::Clean | Zone::Quarantine => PERIOD,
         }
     }
@@ -107,7 +108,7 @@ impl LakeTable {
         match self.zone {
             Zone::Clean => contract::canonical_schema(),
             Zone::Quarantine => clean::quarantine_schema(),
-            Zone::Curated => transform::curated_schema(),
+            Zone::Curated => curated::curated_schema(),
         }
     }
 
@@ -274,8 +275,8 @@ async fn month_files(
     let (from, until) = table.month_filter(period);
     let filters: Vec<(&str, FilterOp, FilterValue<'_>)> = match table.zone {
         Zone::Curated => vec![
-            (transform::PICKUP_DATE, FilterOp::Ge, FilterValue::Scalar(&from)),
-            (transform::PICKUP_DATE, FilterOp::Lt, FilterValue::Scalar(&until)),
+            (curated::PICKUP_DATE, FilterOp::Ge, FilterValue::Scalar(&from)),
+            (curated::PICKUP_DATE, FilterOp::Lt, FilterValue::Scalar(&until)),
         ],
         Zone::Clean | Zone::Quarantine => vec![(PERIOD, FilterOp::Eq, FilterValue::Scalar(&month))],
     };

@@ -15,7 +15,6 @@ pub mod generator;
 pub mod handoff;
 pub mod lake;
 pub mod lease;
-pub mod manifest;
 pub mod parquet_io;
 pub mod period;
 pub mod pipeline;

@@ -32,164 +32,22 @@ use arrow::array::{
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::{StageContext, Verdict, ingest};
+use super::{StageContext, Verdict};
 use crate::config::RuleLimits;
 use crate::contract::{self, CanonicalBatch, col};
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, ManifestObject};
+use crate::handoff::manifest::{Manifest, ManifestObject};
+use crate::handoff::{INGEST, IngestOutput};
 use crate::parquet_io::{ParquetSink, decode_error, open_stream};
 use crate::period::Period;
 use crate::storage::{Layout, ObjectStore, get_json, put_json};
 
-pub const STAGE: &str = "clean";
+pub const STAGE: &str = crate::handoff::CLEAN;
+
+pub use crate::handoff::{CleanInput, CleanOutput, RejectCounts, RejectReason};
 pub const REJECT_REASON: &str = "reject_reason";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CleanInput {
-    pub dataset: String,
-    pub period: Period,
-    pub raw_key: String,
-    /// The ingest manifest the raw object is checked against.
-    pub manifest_key: String,
-    /// Overrides the configured rejection limit for this run.
-    #[serde(default)]
-    pub max_rejected_ratio: Option<f64>,
-    /// Accept a new version that keeps far fewer rows than the current one (`SuspiciousShrink`).
-    #[serde(default)]
-    pub allow_shrink: bool,
-    /// The run this is part of (from ingest); names the run's own reports.
-    #[serde(default)]
-    pub run_id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CleanOutput {
-    pub verdict: Verdict,
-    pub dataset: String,
-    pub period: Period,
-    pub clean_key: String,
-    pub quarantine_key: String,
-    pub manifest_key: String,
-    pub rows_in: u64,
-    pub rows_kept: u64,
-    pub rows_rejected: RejectCounts,
-    pub rejected_ratio: f64,
-    pub max_rejected_ratio: f64,
-    /// The MD5 of the source this version came from (ingest's), carried to the version history.
-    #[serde(default)]
-    pub source_md5: String,
-    /// The run whose files these are (ingest's run id).
-    #[serde(default)]
-    pub run_id: String,
-}
-
-/// Why a row was rejected. The rules are tried in this order and the first that matches names the
-/// reason, so each rejected row is counted once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    NullTimestamp,
-    TimestampOutOfRange,
-    NonPositiveDuration,
-    OutsidePeriod,
-    NonFinite,
-    NegativeDistance,
-    LocationOutOfRange,
-    ImplausibleDuration,
-    ImplausibleSpeed,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
-        RejectReason::NullTimestamp,
-        RejectReason::TimestampOutOfRange,
-        RejectReason::NonPositiveDuration,
-        RejectReason::OutsidePeriod,
-        RejectReason::NonFinite,
-        RejectReason::NegativeDistance,
-        RejectReason::LocationOutOfRange,
-        RejectReason::ImplausibleDuration,
-        RejectReason::ImplausibleSpeed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::NullTimestamp => "null_timestamp",
-            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
-            RejectReason::NonPositiveDuration => "non_positive_duration",
-            RejectReason::OutsidePeriod => "outside_period",
-            RejectReason::NonFinite => "non_finite",
-            RejectReason::NegativeDistance => "negative_distance",
-            RejectReason::LocationOutOfRange => "location_out_of_range",
-            RejectReason::ImplausibleDuration => "implausible_duration",
-            RejectReason::ImplausibleSpeed => "implausible_speed",
-        }
-    }
-}
-
-/// Rejected rows per reason. Serialised with the reasons' names as keys.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RejectCounts {
-    pub null_timestamp: u64,
-    #[serde(default)]
-    pub timestamp_out_of_range: u64,
-    pub non_positive_duration: u64,
-    pub outside_period: u64,
-    #[serde(default)]
-    pub non_finite: u64,
-    #[serde(default)]
-    pub negative_distance: u64,
-    #[serde(default)]
-    pub location_out_of_range: u64,
-    #[serde(default)]
-    pub implausible_duration: u64,
-    #[serde(default)]
-    pub implausible_speed: u64,
-}
-
-impl RejectCounts {
-    pub fn total(&self) -> u64 {
-        RejectReason::ALL.iter().map(|&r| self.get(r)).sum()
-    }
-
-    pub fn get(&self, reason: RejectReason) -> u64 {
-        *self.slot(reason)
-    }
-
-    fn add(&mut self, reason: RejectReason) {
-        *self.slot_mut(reason) += 1;
-    }
-
-    fn slot(&self, reason: RejectReason) -> &u64 {
-        match reason {
-            RejectReason::NullTimestamp => &self.null_timestamp,
-            RejectReason::TimestampOutOfRange => &self.timestamp_out_of_range,
-            RejectReason::NonPositiveDuration => &self.non_positive_duration,
-            RejectReason::OutsidePeriod => &self.outside_period,
-            RejectReason::NonFinite => &self.non_finite,
-            RejectReason::NegativeDistance => &self.negative_distance,
-            RejectReason::LocationOutOfRange => &self.location_out_of_range,
-            RejectReason::ImplausibleDuration => &self.implausible_duration,
-            RejectReason::ImplausibleSpeed => &self.implausible_speed,
-        }
-    }
-
-    fn slot_mut(&mut self, reason: RejectReason) -> &mut u64 {
-        match reason {
-            RejectReason::NullTimestamp => &mut self.null_timestamp,
-            RejectReason::TimestampOutOfRange => &mut self.timestamp_out_of_range,
-            RejectReason::NonPositiveDuration => &mut self.non_positive_duration,
-            RejectReason::OutsidePeriod => &mut self.outside_period,
-            RejectReason::NonFinite => &mut self.non_finite,
-            RejectReason::NegativeDistance => &mut self.negative_distance,
-            RejectReason::LocationOutOfRange => &mut self.location_out_of_range,
-            RejectReason::ImplausibleDuration => &mut self.implausible_duration,
-            RejectReason::ImplausibleSpeed => &mut self.implausible_speed,
-        }
-    }
-}
 
 /// TLC's taxi zones are 1..=263; 264 and 265 are its "unknown" zones, kept as TLC publishes them.
 pub const LOCATION_IDS: std::ops::RangeInclusive<i32> = 1..=265;
@@ -372,7 +230,8 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     };
     let layout = Layout::new(input.dataset.clone(), input.period);
     let store = &ctx.store;
-    let manifest = ingest::verified_manifest(store, &layout, &input.manifest_key).await?;
+    let manifest =
+        Manifest::<IngestOutput>::pinned(store.as_ref(), &input.manifest_key, INGEST, &layout.source_id()).await?;
     if !manifest.objects.iter().any(|o| o.object.key == input.raw_key) {
         return Err(Error::IntegrityError {
             key: input.raw_key.clone(),
@@ -383,7 +242,7 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     // Files are named for the run so they sit beside the live ones until the publish; an input
     // without a run id (an event from before run ids) gets one here.
     let run_id = if input.run_id.is_empty() {
-        ingest::new_run_id()
+        crate::handoff::new_run_id()
     } else {
         input.run_id.clone()
     };

@@ -7,68 +7,27 @@
 //! to `reports/` and returns keys, size, MD5 and row counts.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
-use serde::{Deserialize, Serialize};
+
 use tracing::info;
 
 use super::{StageContext, Verdict};
 use crate::checksum::{Md5Counter, parse_md5_hex};
 use crate::contract;
 use crate::error::{Error, Result, chain};
-use crate::manifest::{Manifest, ManifestObject};
-use crate::period::{Period, TlcFileName, file_name_of, resolve_period};
+use crate::handoff::manifest::{Manifest, ManifestObject};
+use crate::period::{TlcFileName, file_name_of, resolve_period};
 use crate::storage::local::open_file_stream;
 use crate::storage::{ByteStream, Layout, ObjectStore, get_bytes};
 
-pub const STAGE: &str = "ingest";
+pub const STAGE: &str = crate::handoff::INGEST;
+
+pub use crate::handoff::{IngestInput, IngestOutput, new_run_id};
 /// The footer must fit in the tail we keep while streaming; TLC footers are a few KiB.
 const TAIL_BYTES: usize = 8 << 20;
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct IngestInput {
-    /// `s3://bucket/landing/…`, a key in the store (`landing/…`), an `https://` URL, or a local path.
-    pub source: String,
-    /// Hex MD5 the source must hash to. When absent, a `<source>.md5` sidecar is used if there is one.
-    #[serde(default)]
-    pub expected_md5: Option<String>,
-    /// The month the file holds; defaults to the one in the file name.
-    #[serde(default)]
-    pub period: Option<Period>,
-    /// Accept a new version that keeps far fewer rows than the month's current one. Carried in the
-    /// output so clean, which applies the guard, sees it.
-    #[serde(default)]
-    pub allow_shrink: bool,
-    /// Fetch a plain `http://` source. Off by default: without TLS nothing vouches that the bytes
-    /// (and the `.md5` sidecar next to them) come from who the URL names. (`tripflow run --allow-http`;
-    /// the Lambdas refuse `http://` whatever this says.) Left out of the JSON when false.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub allow_http: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IngestOutput {
-    pub verdict: Verdict,
-    pub dataset: String,
-    pub period: Period,
-    /// Names this run's own objects (its raw copy, its reports), so no other run's overwrite them.
-    pub run_id: String,
-    pub source: String,
-    pub raw_key: String,
-    pub manifest_key: String,
-    pub size_bytes: u64,
-    pub md5: String,
-    /// True when an expected MD5 was given (input or sidecar) and matched.
-    pub md5_verified: bool,
-    pub rows: u64,
-    pub row_groups: usize,
-    pub schema_variant: String,
-    #[serde(default)]
-    pub allow_shrink: bool,
-}
 
 /// Where the bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -441,41 +400,9 @@ pub fn layout_of(input: &IngestInput) -> Result<Layout> {
     Ok(Layout::new(dataset, period))
 }
 
-/// A new run's id: sortable by start time, unique across concurrent runs (`20210401T120000Z-1a2b3c4d`).
-pub fn new_run_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-    let now = chrono::Utc::now();
-    let mut entropy = Md5Counter::new();
-    entropy.update(&now.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
-    entropy.update(&std::process::id().to_le_bytes());
-    entropy.update(&SEQUENCE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &entropy.finish_hex()[..8])
-}
-
-/// Reads and checks the ingest manifest, then re-hashes the raw object: the guard every later stage
-/// runs before trusting its input.
-pub async fn verified_manifest(
-    store: &Arc<dyn ObjectStore>,
-    layout: &Layout,
-    manifest_key: &str,
-) -> Result<Manifest<IngestOutput>> {
-    let manifest = Manifest::<IngestOutput>::read(store.as_ref(), manifest_key, STAGE, &layout.source_id()).await?;
-    manifest.verify_objects(store.as_ref()).await?;
-    Ok(manifest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn run_ids_are_unique_and_sort_by_start_time() {
-        let (a, b) = (new_run_id(), new_run_id());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), "20210401T120000Z-1a2b3c4d".len());
-        assert!(a[..16] <= b[..16]);
-    }
 
     #[test]
     fn ends_keeper_keeps_the_first_four_and_the_last_bytes() {

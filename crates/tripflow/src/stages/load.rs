@@ -11,57 +11,26 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;
 use tracing::info;
 
 use super::StageContext;
-use super::Verdict;
-use super::clean;
-use super::transform::{self, DURATION_S, PICKUP_WEEK, SPEED_MPH, TransformOutput};
 use crate::contract::col;
 use crate::db::versions::{self, StageRequest, TripRows};
 use crate::db::{self, classify};
 use crate::error::{Error, Result};
+use crate::handoff::curated::{DURATION_S, PICKUP_WEEK, SPEED_MPH};
+use crate::handoff::manifest::Manifest;
 use crate::handoff::{self, IntentState, PublishIntent};
-use crate::manifest::Manifest;
+use crate::handoff::{CLEAN, TRANSFORM, TransformOutput};
 use crate::parquet_io::{decode_error, open_stream};
-use crate::period::Period;
 use crate::storage::{Layout, get_json, md5_of, put_json};
 
-pub const STAGE: &str = "load";
+pub const STAGE: &str = crate::handoff::LOAD;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoadInput {
-    pub dataset: String,
-    pub period: Period,
-    /// The transform manifest listing the curated objects to load.
-    pub manifest_key: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoadOutput {
-    pub verdict: Verdict,
-    pub dataset: String,
-    pub period: Period,
-    pub source_id: String,
-    pub rows_curated: u64,
-    pub rows_loaded: u64,
-    /// Rows of the version this load replaced (0 on a first load); that version is kept, detached.
-    pub rows_replaced: u64,
-    pub table: String,
-    /// The version this load made current (absent in outputs of loads before versions existed).
-    #[serde(default)]
-    pub version: i32,
-    /// The run this version came from.
-    #[serde(default)]
-    pub run_id: String,
-    /// The Delta version of each lake table that holds the month's new files.
-    #[serde(default)]
-    pub lake: Vec<crate::lake::TableCommit>,
-}
+pub use crate::handoff::{LoadInput, LoadOutput};
 
 /// One row's values in COPY column order.
 struct Row {
@@ -206,7 +175,7 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     let source_id = layout.source_id();
     let store = &ctx.store;
     let manifest =
-        Manifest::<TransformOutput>::read(store.as_ref(), &input.manifest_key, transform::STAGE, &source_id).await?;
+        Manifest::<TransformOutput>::read(store.as_ref(), &input.manifest_key, TRANSFORM, &source_id).await?;
     let run_id = manifest.output.run_id.clone();
     if run_id.is_empty() {
         return Err(Error::IntegrityError {
@@ -260,7 +229,7 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
         dataset: input.dataset.clone(),
         period: input.period,
         run_id: run_id.clone(),
-        clean_manifest_key: layout.run_report_key(&run_id, clean::STAGE),
+        clean_manifest_key: layout.run_report_key(&run_id, CLEAN),
         transform_manifest_key: input.manifest_key.clone(),
         staged,
         state: IntentState::Pending,
@@ -294,21 +263,5 @@ mod tests {
             partition_date("curated/yellow/x.parquet").unwrap_err().name(),
             "IntegrityError"
         );
-    }
-
-    #[test]
-    fn copy_columns_are_the_curated_columns_in_table_order() {
-        let curated: Vec<String> = transform::curated_schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        for (name, _) in versions::TRIP_COLUMNS {
-            assert!(
-                *name == "source_id" || *name == transform::PICKUP_DATE || curated.iter().any(|c| c == name),
-                "{name} is not a curated column"
-            );
-        }
-        assert_eq!(versions::TRIP_COLUMNS.len(), curated.len() + 2);
     }
 }

@@ -8,9 +8,8 @@ pub mod transform;
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::PipelineConfig;
+pub use crate::handoff::Verdict;
 use crate::storage::ObjectStore;
 
 /// What every stage needs: where the zones are and how the pipeline is configured. Built once per
@@ -25,12 +24,4 @@ impl StageContext {
     pub fn new(store: Arc<dyn ObjectStore>, config: PipelineConfig) -> Self {
         StageContext { store, config }
     }
-}
-
-/// A stage's judgement of its input. Hard failures are errors; a verdict is what the state machine's
-/// Choice states read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Verdict {
-    Ok,
-    TooManyRejectedRows,
 }

@@ -9,77 +9,26 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Datelike, NaiveDate};
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::clean::CleanOutput;
 use super::{StageContext, Verdict};
 use crate::config::LocationSwaps;
 use crate::contract::{self, col};
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, ManifestObject};
+use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::parquet_io::{ParquetSink, decode_error, open_stream};
-use crate::period::Period;
 use crate::storage::Layout;
 
-pub const STAGE: &str = "transform";
-pub const DURATION_S: &str = "duration_s";
-pub const SPEED_MPH: &str = "speed_mph";
-pub const PICKUP_WEEK: &str = "pickup_week";
-/// The partition column: in the key (`pickup_date=2021-03-01`), not in the files.
-pub const PICKUP_DATE: &str = "pickup_date";
+pub const STAGE: &str = crate::handoff::TRANSFORM;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TransformInput {
-    pub dataset: String,
-    pub period: Period,
-    pub clean_key: String,
-    /// The clean manifest the clean object is checked against.
-    pub manifest_key: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TransformOutput {
-    pub verdict: Verdict,
-    pub dataset: String,
-    pub period: Period,
-    pub curated_prefix: String,
-    pub manifest_key: String,
-    pub rows_curated: u64,
-    pub partitions: usize,
-    /// Pickup plus dropoff IDs changed by the swap.
-    pub location_ids_swapped: u64,
-    /// The MD5 of the source this version came from, for the version history.
-    #[serde(default)]
-    pub source_md5: String,
-    /// The run whose files these are.
-    #[serde(default)]
-    pub run_id: String,
-}
-
-static CURATED: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let mut fields: Vec<Field> = contract::canonical_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new(DURATION_S, DataType::Float64, false));
-    fields.push(Field::new(SPEED_MPH, DataType::Float64, true));
-    fields.push(Field::new(PICKUP_WEEK, DataType::Int32, false));
-    Arc::new(Schema::new(fields))
-});
-
-/// The schema of curated files (without the `pickup_date` partition column).
-pub fn curated_schema() -> SchemaRef {
-    CURATED.clone()
-}
+pub use crate::handoff::curated::{DURATION_S, PICKUP_DATE, PICKUP_WEEK, SPEED_MPH, curated_schema};
+pub use crate::handoff::{TransformInput, TransformOutput};
 
 /// Speed in miles per hour; `None` where it means nothing (no distance, no time).
 pub fn speed_mph(distance_miles: Option<f64>, duration_s: f64) -> Option<f64> {
@@ -157,7 +106,7 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
         dates.push(date);
     }
 
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(CURATED.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(curated_schema().fields().len());
     for field in contract::canonical_schema().fields() {
         let column = match field.name().as_str() {
             col::PU_LOCATION_ID => pu.clone(),
@@ -188,10 +137,10 @@ fn group_by_date(dates: &[NaiveDate]) -> BTreeMap<NaiveDate, Vec<u32>> {
 pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformOutput> {
     let layout = Layout::new(input.dataset.clone(), input.period);
     let store = &ctx.store;
-    let manifest = Manifest::<CleanOutput>::read(
+    let manifest = Manifest::<crate::handoff::CleanOutput>::read(
         store.as_ref(),
         &input.manifest_key,
-        super::clean::STAGE,
+        crate::handoff::CLEAN,
         &layout.source_id(),
     )
     .await?;

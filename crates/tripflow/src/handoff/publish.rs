@@ -1,40 +1,18 @@
-//! The handoff between stages, and the one place where a run's output becomes what readers see.
-//!
-//! Stages write files that nobody reads yet: clean and transform put their Parquet files under the
-//! lake tables with names of their own run (`part-<run_id>.parquet`) and list them in their run's
-//! manifest (`reports/<dataset>/<period>/runs/<run_id>/{clean,transform}.json`); load builds the
-//! new database version without attaching it. The next stage reads exactly the files its input's
-//! manifest lists, so two runs never read each other's output.
-//!
-//! [`publish`] then makes the run current, in this order, once every guard has passed:
-//! 1. the **intent** (`runs/<run_id>/publish.json`): from here on the run is accepted and is rolled
-//!    forward, never back;
-//! 2. the database swap (the staged version attached, the current one kept as previous): first,
-//!    because it is the step most likely to wait (an analyst's long query holds the table), and
-//!    while it has not happened every reader still sees the old version everywhere;
-//! 3. one Delta commit per lake table (quarantine, clean, curated) replacing the month's files;
-//! 4. the version record (`versions/<N>.json`) and the current manifests (`clean.json`,
-//!    `transform.json`, `load.json`), then the intent marked done.
-//!
-//! Every step is idempotent: a rerun finds the month's files already live and the version already
-//! current, and completes the rest. A run that dies after step 1 is finished by the next run or
-//! restore of the same month ([`roll_forward`]), so zones and database always end on one version.
-//! [`restore`] is a publish of an earlier version's files and database table.
+//! Publishing an accepted run: what [`super`] describes under "the one place where a run's
+//! output becomes what readers see".
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use super::{CLEAN, CleanOutput, LOAD, LoadOutput, TRANSFORM, TransformOutput};
 use crate::db::versions::{self, StagedVersion};
 use crate::error::{Error, Result};
+use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::lake::{self, CommitNote, LakeTable, TableCommit, Zone};
-use crate::manifest::{Manifest, ManifestObject};
 use crate::period::Period;
 use crate::stages::StageContext;
-use crate::stages::clean::{self, CleanOutput};
-use crate::stages::load::{self, LoadOutput};
-use crate::stages::transform::{self, TransformOutput};
 use crate::storage::{Layout, ObjectStore, get_json, put_json};
 
 /// The run report that holds a run's publish intent.
@@ -114,9 +92,9 @@ async fn read_manifests(
     intent: &PublishIntent,
 ) -> Result<(Manifest<CleanOutput>, Manifest<TransformOutput>)> {
     let source_id = layout.source_id();
-    let clean = Manifest::<CleanOutput>::read(store, &intent.clean_manifest_key, clean::STAGE, &source_id).await?;
+    let clean = Manifest::<CleanOutput>::read(store, &intent.clean_manifest_key, CLEAN, &source_id).await?;
     let transform =
-        Manifest::<TransformOutput>::read(store, &intent.transform_manifest_key, transform::STAGE, &source_id).await?;
+        Manifest::<TransformOutput>::read(store, &intent.transform_manifest_key, TRANSFORM, &source_id).await?;
     Ok((clean, transform))
 }
 
@@ -213,9 +191,9 @@ async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: Publish
 
 /// The manifests a month's current version is known by (the shrink guard reads `clean.json`).
 async fn write_current_reports(store: &dyn ObjectStore, layout: &Layout, record: &VersionRecord) -> Result<()> {
-    put_json(store, &layout.report_key(clean::STAGE), &record.clean).await?;
-    put_json(store, &layout.report_key(transform::STAGE), &record.transform).await?;
-    put_json(store, &layout.report_key(load::STAGE), &record.load).await?;
+    put_json(store, &layout.report_key(CLEAN), &record.clean).await?;
+    put_json(store, &layout.report_key(TRANSFORM), &record.transform).await?;
+    put_json(store, &layout.report_key(LOAD), &record.load).await?;
     Ok(())
 }
 
