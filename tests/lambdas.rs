@@ -221,6 +221,23 @@ async fn the_load_handler_checks_the_glue_table_and_loads_the_month_into_postgre
         .sum();
     assert_eq!(live_rows, transformed.rows_curated);
 
+    // The Lambda's publish left the month's quality report beside the JSON reports.
+    let page = tripflow::storage::get_bytes(store.as_ref(), "reports/yellow/2021-03/quality.html")
+        .await
+        .unwrap();
+    let page = String::from_utf8(page.to_vec()).unwrap();
+    let avg = tripflow::db::answers(&pg.client().await, "yellow/2021-03")
+        .await
+        .unwrap()
+        .avg_speed_mph
+        .unwrap();
+    assert!(page.contains(&format!("average {avg:.2} mph")), "{page}");
+    let loaded_card = format!(
+        ">{}</div><div class=\"k\">rows loaded",
+        tripflow::quality::thousands(loaded.rows_loaded)
+    );
+    assert!(page.contains(&loaded_card), "{page}");
+
     // A retry of the same load (Step Functions after a lost reply) finds the run published and
     // returns the same outcome: no second version, still one copy of each trip.
     let again = handle_load(&state, input).await.unwrap();

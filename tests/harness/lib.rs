@@ -1,4 +1,5 @@
 //! Shared pieces of the integration tests: real parts, started and stopped by the tests themselves.
+//! - [`browser`]: headless Chromium rendering a local page to a screenshot and its text.
 //! - [`pg::TestPostgres`]: a throwaway PostgreSQL cluster from the machine's binaries.
 //! - [`data`]: the real TLC samples in `../shared/data`, when present.
 //! - [`local::Setup`]: the whole pipeline over a local folder and a throwaway cluster.
@@ -9,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod data;
 pub mod expected;
 pub mod faults;

@@ -14,7 +14,7 @@ use tripflow::period::Period;
 use tripflow::pipeline::{RunSummary, run_all};
 use tripflow::stages::StageContext;
 use tripflow::stages::ingest::IngestInput;
-use tripflow::storage::{Layout, LocalStore};
+use tripflow::storage::{Layout, LocalStore, ObjectStore};
 use tripflow::{Error, Result};
 
 mod report;
@@ -44,6 +44,10 @@ enum Command {
     /// Make an earlier version of one month current again, in every lake table and the database,
     /// the way a run publishes (one Delta commit per table, then the database swap).
     Restore(RestoreArgs),
+    /// Print where the quality report of a month's current version is (an HTML page with the
+    /// rejects per rule, trips per day, the speed distribution, the weekly top 5 slow zones, the
+    /// versions and the stage timings), writing it first if the month has none.
+    Report(ReportArgs),
     /// Generate a synthetic month of trips with the official schema and realistic defects.
     Gen(GenArgs),
     /// Manage the private PostgreSQL cluster `tripflow` starts when no database URL is given.
@@ -148,6 +152,18 @@ struct RestoreArgs {
     /// Print what was done as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    place: Place,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The month, as DATASET/YYYY-MM (e.g. yellow/2021-03).
+    #[arg(value_name = "DATASET/YYYY-MM", value_parser = parse_source_id)]
+    source_id: String,
+    /// Also open it in the desktop's browser (xdg-open, or open on macOS).
+    #[arg(long)]
+    open: bool,
     #[command(flatten)]
     place: Place,
 }
@@ -347,6 +363,28 @@ async fn execute(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Report(args) => {
+            let (dataset, month) = args.source_id.split_once('/').unwrap_or_default();
+            let layout = Layout::new(dataset, month.parse::<Period>()?);
+            let store = LocalStore::open(&args.place.data_dir)?;
+            let key = tripflow::quality::report_key(&layout);
+            if store.size(&key).await?.is_none() {
+                let client = database(&args.place).await?;
+                if db::versions::history(&client, &args.source_id).await?.is_empty() {
+                    return Err(Error::InvalidInput(format!(
+                        "{} has no loaded version: run `tripflow run` on its file first",
+                        args.source_id
+                    )));
+                }
+                tripflow::quality::write_current(&store, &client, &layout).await?;
+            }
+            let path = store.path_of(&key)?;
+            println!("{}", path.display());
+            if args.open {
+                open_in_browser(&path);
+            }
+            Ok(())
+        }
         Command::Gen(args) => {
             let summary = write_month(
                 &args.out,
@@ -379,6 +417,19 @@ async fn execute(command: Command) -> Result<()> {
     }
 }
 
+/// Hands `path` to the desktop's opener; says so on stderr when there is none (a server, a
+/// container), the path printed above being the way to it then.
+fn open_in_browser(path: &Path) {
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    match std::process::Command::new(opener).arg(path).status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!("warning: {opener} {} exited with {status}", path.display()),
+        Err(err) => {
+            eprintln!("warning: cannot run {opener} to open the report ({err}); open the path above in a browser")
+        }
+    }
+}
+
 fn cluster_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(".postgres")
 }
@@ -403,9 +454,12 @@ async fn run(place: &Place, config: PipelineConfig, input: IngestInput) -> Resul
     let _month = store.lock_month(&layout)?;
     // What earlier runs of the month left unpublished (killed, refused late) goes first.
     tripflow::handoff::sweep_unpublished(store.as_ref(), &layout).await?;
-    let ctx = StageContext::new(store, config);
+    let ctx = StageContext::new(store.clone(), config);
     let mut client = database(place).await?;
-    run_all(&ctx, &mut client, input).await
+    let mut summary = run_all(&ctx, &mut client, input).await?;
+    let report = store.path_of(&tripflow::quality::report_key(&layout))?;
+    summary.quality_report = Some(report.display().to_string());
+    Ok(summary)
 }
 
 fn print_summary(summary: &RunSummary, json: bool) -> Result<()> {

@@ -5,19 +5,8 @@ use std::fmt::Write;
 use tripflow::db::Answers;
 use tripflow::db::versions::VersionInfo;
 use tripflow::pipeline::RunSummary;
+use tripflow::quality::thousands;
 use tripflow::stages::clean::RejectReason;
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 pub fn summary_text(s: &RunSummary) -> String {
     let mut out = String::new();
@@ -86,6 +75,9 @@ pub fn summary_text(s: &RunSummary) -> String {
             "  peak memory {:.0} MiB resident",
             bytes as f64 / (1024.0 * 1024.0)
         );
+    }
+    if let Some(path) = &s.quality_report {
+        let _ = writeln!(out, "  report      {path}");
     }
     out.push_str(&answers_text(
         &s.source_id,
@@ -191,14 +183,4 @@ pub fn restored_text(restored: &tripflow::handoff::Restored) -> String {
             .map_or("-".to_string(), |s| format!("{s:.3} mph"))
     );
     out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(super::thousands(0), "0");
-        assert_eq!(super::thousands(999), "999");
-        assert_eq!(super::thousands(1_925_152), "1,925,152");
-    }
 }

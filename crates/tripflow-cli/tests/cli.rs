@@ -644,3 +644,78 @@ async fn kill_9_at_seeded_random_points_leaves_every_zone_on_one_version_and_a_r
         );
     }
 }
+
+#[tokio::test]
+async fn the_quality_report_renders_in_chromium_with_the_average_and_the_counts() {
+    use tripflow::quality::thousands;
+    use tripflow_tests::browser;
+
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (source, data) = (dir.path().join("yellow_tripdata_2021-03.parquet"), dir.path().join("data"));
+    generate_march(&source, 30_000, 5);
+    let out = tripflow_run(&source, &data, pg.url()).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // The run says where its report is, and `tripflow report` names the same file.
+    let page = std::path::PathBuf::from(summary["quality_report"].as_str().expect("quality_report in the summary"));
+    assert!(page.ends_with("reports/yellow/2021-03/quality.html"), "{}", page.display());
+    let report = |extra: &[&str]| {
+        tripflow()
+            .args(["report", "yellow/2021-03"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("DATABASE_URL", pg.url())
+            .output()
+            .unwrap()
+    };
+    let printed = report(&[]);
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), page.display().to_string());
+
+    // Rendered by a real browser: a page with ink on it, the bars drawn, and the figures in its text.
+    let png = dir.path().join("report.png");
+    browser::screenshot(&page, &png, 1200, 2600);
+    let pixels = browser::pixels(&png, [0x25, 0x63, 0xeb]);
+    assert_eq!((pixels.width, pixels.height), (1200, 2600));
+    assert!(pixels.inked > 0.05, "the page is nearly blank: {pixels:?}");
+    assert!(pixels.of_colour > 10_000, "the blue bars of two charts are missing: {pixels:?}");
+    let text = browser::rendered_text(&page);
+    let avg = summary["avg_speed_mph"].as_f64().unwrap();
+    let rows_in = summary["rows_in"].as_u64().unwrap();
+    let rows_kept = summary["rows_kept"].as_u64().unwrap();
+    for expected in [
+        format!("{avg:.2} mph"),
+        format!("average {avg:.2} mph"),
+        format!("{} rows in", thousands(rows_in)),
+        format!("{} rows kept", thousands(rows_kept)),
+        format!("{} rows loaded", thousands(summary["rows_loaded"].as_u64().unwrap())),
+        "Midtown Center (161) Manhattan".to_string(),
+        "outside_period".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} not in the rendered page: {text}");
+    }
+
+    // A month whose report is gone (loaded before reports existed) gets it written by `report`.
+    std::fs::remove_file(&page).unwrap();
+    let printed = report(&[]);
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    assert!(page.exists());
+    assert!(browser::rendered_text(&page).contains(&format!("average {avg:.2} mph")));
+
+    // A month never loaded is an error naming what to do.
+    let missing = tripflow()
+        .args(["report", "yellow/2020-01", "--data-dir"])
+        .arg(&data)
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("yellow/2020-01 has no loaded version"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}

@@ -25,9 +25,9 @@ use tracing::{info, warn};
 
 use crate::contract;
 use crate::error::{Error, Result};
+use crate::handoff::curated;
 use crate::handoff::manifest::ManifestObject;
 use crate::period::Period;
-use crate::handoff::curated;
 use crate::stages::clean;
 use crate::storage::ObjectStore;
 

@@ -28,6 +28,9 @@ pub struct RunSummary {
     pub avg_speed_mph: Option<f64>,
     pub weekly_top5: Vec<WeeklySlowPickup>,
     pub stage_seconds: StageSeconds,
+    /// Where the version's quality report is: a file path for a local store, else a URL-like
+    /// `s3://bucket/key`. Set by the front door that knows the store.
+    pub quality_report: Option<String>,
     /// Peak resident memory of this process so far (Linux; `None` elsewhere).
     pub peak_rss_bytes: Option<u64>,
     pub ingest: IngestOutput,
@@ -164,6 +167,7 @@ pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput
         avg_speed_mph,
         weekly_top5,
         stage_seconds: seconds,
+        quality_report: None,
         peak_rss_bytes: peak_rss_bytes(),
         ingest: ingested,
         clean: cleaned,

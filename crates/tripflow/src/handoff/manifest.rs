@@ -12,6 +12,9 @@ pub struct Manifest<T> {
     pub stage: String,
     pub source_id: String,
     pub created_at: String,
+    /// When the stage began (absent in manifests from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
     /// Every object the stage wrote that a later stage reads.
     pub objects: Vec<ManifestObject>,
     /// The stage's output, as returned to the caller.
@@ -30,10 +33,17 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Manifest<T> {
         Manifest {
             stage: stage.to_string(),
             source_id,
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            created_at: timestamp(chrono::Utc::now()),
+            started_at: None,
             objects,
             output,
         }
+    }
+
+    /// Records when the stage began, for the stage timings of the quality report.
+    pub fn started(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
+        self.started_at = Some(timestamp(at));
+        self
     }
 
     pub async fn write(&self, store: &dyn ObjectStore, key: &str) -> Result<()> {
@@ -82,4 +92,8 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Manifest<T> {
     pub fn total_rows(&self) -> u64 {
         self.objects.iter().map(|o| o.rows).sum()
     }
+}
+
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

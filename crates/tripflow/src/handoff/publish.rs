@@ -174,7 +174,7 @@ async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: Publish
         files_deleted: false,
     };
     put_json(store, &layout.version_key(staged.version), &record).await?;
-    write_current_reports(store, &layout, &record).await?;
+    write_current_reports(store, client, &layout, &record).await?;
     put_json(
         store,
         &intent_key,
@@ -189,11 +189,18 @@ async fn publish_locked(ctx: &StageContext, client: &mut Client, intent: Publish
     Ok(load)
 }
 
-/// The manifests a month's current version is known by (the shrink guard reads `clean.json`).
-async fn write_current_reports(store: &dyn ObjectStore, layout: &Layout, record: &VersionRecord) -> Result<()> {
+/// The manifests a month's current version is known by (the shrink guard reads `clean.json`), and
+/// its quality report.
+async fn write_current_reports(
+    store: &dyn ObjectStore,
+    client: &Client,
+    layout: &Layout,
+    record: &VersionRecord,
+) -> Result<()> {
     put_json(store, &layout.report_key(CLEAN), &record.clean).await?;
     put_json(store, &layout.report_key(TRANSFORM), &record.transform).await?;
     put_json(store, &layout.report_key(LOAD), &record.load).await?;
+    crate::quality::write(store, client, layout, record).await?;
     Ok(())
 }
 
@@ -377,7 +384,7 @@ async fn restore_locked(ctx: &StageContext, client: &mut Client, layout: &Layout
     for table in lake::tables(&layout.dataset) {
         commits.push(lake::replace_month(store, &table, layout.period, &record.files(table.zone), &note).await?);
     }
-    write_current_reports(store, layout, &record).await?;
+    write_current_reports(store, client, layout, &record).await?;
     info!(%source_id, version, previous = ?swapped.previous_version, "restored");
     let answers = crate::db::answers(client, &source_id).await?;
     Ok(Restored {

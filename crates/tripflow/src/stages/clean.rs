@@ -219,6 +219,7 @@ pub async fn run(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
 }
 
 async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
+    let started_at = chrono::Utc::now();
     let max_rejected_ratio = match input.max_rejected_ratio {
         Some(r) if (0.0..=1.0).contains(&r) => r,
         Some(r) => {
@@ -363,6 +364,7 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         },
     ];
     Manifest::new(STAGE, layout.source_id(), objects, output.clone())
+        .started(started_at)
         .write(store.as_ref(), &output.manifest_key)
         .await?;
     info!(rows_in, rows_kept, rejected = ?counts, rejected_ratio, verdict = ?verdict, "clean done");

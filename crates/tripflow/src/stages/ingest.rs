@@ -289,6 +289,7 @@ pub async fn run(ctx: &StageContext, input: IngestInput) -> Result<IngestOutput>
 /// [`run`] under a run id chosen by the caller: the Lambda claims the month for the id before the
 /// run starts.
 pub async fn run_as(ctx: &StageContext, input: IngestInput, run_id: String) -> Result<IngestOutput> {
+    let started_at = chrono::Utc::now();
     let store = ctx.store.as_ref();
     let source = Source::parse(&input.source, store)?;
     let layout = layout_of(&input)?;
@@ -383,6 +384,7 @@ pub async fn run_as(ctx: &StageContext, input: IngestInput, run_id: String) -> R
         vec![ManifestObject { object: raw, rows }],
         output.clone(),
     )
+    .started(started_at)
     .write(store, &output.manifest_key)
     .await?;
     info!(rows, row_groups = output.row_groups, size_bytes = output.size_bytes, md5 = %output.md5, variant = %output.schema_variant, "ingest done");

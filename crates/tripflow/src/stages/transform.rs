@@ -135,6 +135,7 @@ fn group_by_date(dates: &[NaiveDate]) -> BTreeMap<NaiveDate, Vec<u32>> {
 }
 
 pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformOutput> {
+    let started_at = chrono::Utc::now();
     let layout = Layout::new(input.dataset.clone(), input.period);
     let store = &ctx.store;
     let manifest = Manifest::<crate::handoff::CleanOutput>::read(
@@ -240,6 +241,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         run_id,
     };
     Manifest::new(STAGE, layout.source_id(), objects, output.clone())
+        .started(started_at)
         .write(store.as_ref(), &output.manifest_key)
         .await?;
     info!(
