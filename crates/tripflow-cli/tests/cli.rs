@@ -652,15 +652,26 @@ async fn the_quality_report_renders_in_chromium_with_the_average_and_the_counts(
 
     let pg = TestPostgres::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (source, data) = (dir.path().join("yellow_tripdata_2021-03.parquet"), dir.path().join("data"));
+    let (source, data) = (
+        dir.path().join("yellow_tripdata_2021-03.parquet"),
+        dir.path().join("data"),
+    );
     generate_march(&source, 30_000, 5);
     let out = tripflow_run(&source, &data, pg.url()).arg("--json").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
     // The run says where its report is, and `tripflow report` names the same file.
-    let page = std::path::PathBuf::from(summary["quality_report"].as_str().expect("quality_report in the summary"));
-    assert!(page.ends_with("reports/yellow/2021-03/quality.html"), "{}", page.display());
+    let page = std::path::PathBuf::from(
+        summary["quality_report"]
+            .as_str()
+            .expect("quality_report in the summary"),
+    );
+    assert!(
+        page.ends_with("reports/yellow/2021-03/quality.html"),
+        "{}",
+        page.display()
+    );
     let report = |extra: &[&str]| {
         tripflow()
             .args(["report", "yellow/2021-03"])
@@ -673,7 +684,10 @@ async fn the_quality_report_renders_in_chromium_with_the_average_and_the_counts(
     };
     let printed = report(&[]);
     assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
-    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), page.display().to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout).trim(),
+        page.display().to_string()
+    );
 
     // Rendered by a real browser: a page with ink on it, the bars drawn, and the figures in its text.
     let png = dir.path().join("report.png");
@@ -681,7 +695,10 @@ async fn the_quality_report_renders_in_chromium_with_the_average_and_the_counts(
     let pixels = browser::pixels(&png, [0x25, 0x63, 0xeb]);
     assert_eq!((pixels.width, pixels.height), (1200, 2600));
     assert!(pixels.inked > 0.05, "the page is nearly blank: {pixels:?}");
-    assert!(pixels.of_colour > 10_000, "the blue bars of two charts are missing: {pixels:?}");
+    assert!(
+        pixels.of_colour > 10_000,
+        "the blue bars of two charts are missing: {pixels:?}"
+    );
     let text = browser::rendered_text(&page);
     let avg = summary["avg_speed_mph"].as_f64().unwrap();
     let rows_in = summary["rows_in"].as_u64().unwrap();
@@ -695,7 +712,10 @@ async fn the_quality_report_renders_in_chromium_with_the_average_and_the_counts(
         "Midtown Center (161) Manhattan".to_string(),
         "outside_period".to_string(),
     ] {
-        assert!(text.contains(&expected), "{expected:?} not in the rendered page: {text}");
+        assert!(
+            text.contains(&expected),
+            "{expected:?} not in the rendered page: {text}"
+        );
     }
 
     // A month whose report is gone (loaded before reports existed) gets it written by `report`.
