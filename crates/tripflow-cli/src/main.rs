@@ -2,6 +2,7 @@
 //! the trips land in PostgreSQL (`--database-url`, or a private cluster it starts under the data
 //! folder). Calls the same stage functions as the Lambdas.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tripflow::stages::ingest::IngestInput;
 use tripflow::storage::{Layout, LocalStore, ObjectStore};
 use tripflow::{Error, Result};
 
+mod progress;
 mod report;
 
 #[derive(Parser)]
@@ -28,6 +30,10 @@ mod report;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print the INFO log lines. On a terminal, `run` and `demo` otherwise draw a progress bar per
+    /// stage and print only warnings and errors; piped or with --json, the log is always INFO.
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -207,20 +213,30 @@ fn parse_ratio(raw: &str) -> std::result::Result<f64, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tripflow=info,warn".into()),
-        )
-        .with_target(false)
-        .init();
+    // Bars for a person watching a terminal; logs for everyone else (pipes, --json, -v).
+    let watched = match &cli.command {
+        Command::Run(args) => !args.json,
+        Command::Demo(args) => !args.json,
+        _ => false,
+    };
+    let bars = (watched && !cli.verbose && std::io::stderr().is_terminal()).then(progress::Bars::on_stderr);
+    let default_filter = if bars.is_some() { "warn" } else { "tripflow=info,warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match &bars {
+        Some(bars) => logs.with_writer(bars.clone()).init(),
+        None => logs.with_writer(std::io::stderr).init(),
+    }
     // On SIGINT or SIGTERM the command's future is dropped where it stands: every object being
     // written is discarded by its sink (nothing half-written is published) and an open database
     // transaction rolls back with its connection.
     let outcome = tokio::select! {
-        result = execute(cli.command) => result,
+        result = execute(cli.command, bars.clone()) => result,
         signal = interrupted() => Err(Error::Interrupted { signal }),
     };
+    if let Some(bars) = &bars {
+        bars.leave();
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -248,7 +264,7 @@ async fn interrupted() -> &'static str {
     }
 }
 
-async fn execute(command: Command) -> Result<()> {
+async fn execute(command: Command, bars: Option<progress::Bars>) -> Result<()> {
     match command {
         Command::Run(args) => {
             let mut config = PipelineConfig::from_env()?;
@@ -262,7 +278,7 @@ async fn execute(command: Command) -> Result<()> {
                 allow_shrink: args.allow_shrink,
                 allow_http: args.allow_http,
             };
-            let summary = run(&args.place, config, input).await?;
+            let summary = run(&args.place, config, input, bars).await?;
             print_summary(&summary, args.json)
         }
         Command::Demo(args) => {
@@ -283,7 +299,7 @@ async fn execute(command: Command) -> Result<()> {
                 period: Some(args.month),
                 ..IngestInput::default()
             };
-            let summary = run(&args.place, PipelineConfig::from_env()?, input).await?;
+            let summary = run(&args.place, PipelineConfig::from_env()?, input, bars).await?;
             print_summary(&summary, args.json)
         }
         Command::Query(args) => {
@@ -447,16 +463,28 @@ async fn database(place: &Place) -> Result<tokio_postgres::Client> {
     db::connect_with(&url, &DbSettings::from_env()?).await
 }
 
-async fn run(place: &Place, config: PipelineConfig, input: IngestInput) -> Result<RunSummary> {
+async fn run(
+    place: &Place,
+    config: PipelineConfig,
+    input: IngestInput,
+    bars: Option<progress::Bars>,
+) -> Result<RunSummary> {
     let store = Arc::new(LocalStore::open(&place.data_dir)?);
     // One run of a month at a time, from ingest to the answers, so the summary is this run's own.
     let layout = tripflow::stages::ingest::layout_of(&input)?;
     let _month = store.lock_month(&layout)?;
     // What earlier runs of the month left unpublished (killed, refused late) goes first.
     tripflow::handoff::sweep_unpublished(store.as_ref(), &layout).await?;
-    let ctx = StageContext::new(store.clone(), config);
+    let mut ctx = StageContext::new(store.clone(), config);
+    if let Some(bars) = &bars {
+        ctx = ctx.with_progress(Arc::new(bars.clone()));
+    }
     let mut client = database(place).await?;
-    let mut summary = run_all(&ctx, &mut client, input).await?;
+    let ran = run_all(&ctx, &mut client, input).await;
+    if let Some(bars) = &bars {
+        bars.leave();
+    }
+    let mut summary = ran?;
     let report = store.path_of(&tripflow::quality::report_key(&layout))?;
     summary.quality_report = Some(report.display().to_string());
     Ok(summary)

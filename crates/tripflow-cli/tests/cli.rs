@@ -739,3 +739,92 @@ async fn the_quality_report_renders_in_chromium_with_the_average_and_the_counts(
         String::from_utf8_lossy(&missing.stderr)
     );
 }
+
+/// Runs `tripflow ARGS` under a pseudo-terminal (util-linux `script`), as a person at a terminal
+/// would, and returns everything it drew, escape sequences removed and redraws split into lines.
+fn on_a_terminal(args: &str, url: &str) -> (bool, String) {
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_tripflow"));
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("util-linux script runs");
+    let raw = String::from_utf8_lossy(&out.stdout);
+    let mut text = String::new();
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // CSI sequences: ESC [ parameters final-letter.
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    while let Some(p) = chars.next() {
+                        if p.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => text.push('\n'),
+            c => text.push(c),
+        }
+    }
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn on_a_terminal_run_draws_a_bar_per_stage_and_only_warnings_unless_verbose() {
+    let pg = TestPostgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (source, data) = (
+        dir.path().join("yellow_tripdata_2021-03.parquet"),
+        dir.path().join("data"),
+    );
+    generate_march(&source, 20_000, 9);
+    let args = format!("run {} --data-dir {}", source.display(), data.display());
+
+    let (ok, drawn) = on_a_terminal(&args, pg.url());
+    assert!(ok, "{drawn}");
+    for stage in ["ingest", "clean", "transform", "load"] {
+        assert!(
+            drawn
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{stage} [")) && l.contains(']')),
+            "no {stage} bar in: {drawn}"
+        );
+    }
+    assert!(
+        drawn.contains("20,000/20,000"),
+        "clean's bar reaches every row: {drawn}"
+    );
+    assert!(
+        drawn.contains(" B/") || drawn.contains("KiB/"),
+        "ingest counts bytes: {drawn}"
+    );
+    assert!(
+        !drawn.contains(" INFO "),
+        "only warnings and errors beside the bars: {drawn}"
+    );
+    assert!(
+        drawn.contains("report      ") && drawn.contains("quality.html"),
+        "{drawn}"
+    );
+
+    let (ok, verbose) = on_a_terminal(&format!("{args} -v"), pg.url());
+    assert!(ok, "{verbose}");
+    assert!(
+        verbose.contains(" INFO ") && verbose.contains("ingest done"),
+        "{verbose}"
+    );
+    assert!(
+        !verbose.contains("clean ["),
+        "-v logs instead of drawing bars: {verbose}"
+    );
+
+    // Not a terminal: the log as before, no bars.
+    let piped = tripflow_run(&source, &data, pg.url()).output().unwrap();
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(stderr.contains("INFO") && !stderr.contains("clean ["), "{stderr}");
+}

@@ -228,18 +228,17 @@ async fn builder(store: &dyn ObjectStore, table: &LakeTable) -> Result<DeltaTabl
 
 /// The table at its latest version, or `None` if nothing was ever published to it.
 pub async fn open(store: &dyn ObjectStore, table: &LakeTable) -> Result<Option<DeltaTable>> {
-    match builder(store, table).await?.load().await {
-        Ok(delta) => Ok(Some(delta)),
-        // "Not a table" can also mean the log could not be listed; only an empty log is no table.
-        Err(err) => {
-            let log = format!("{}_delta_log/", table.root());
-            if store.list(&log).await?.is_empty() {
-                Ok(None)
-            } else {
-                Err(lake_error(table, "opening")(err))
-            }
-        }
+    // Only an empty log is no table; asking delta-rs to load one logs an ERROR first.
+    let log = format!("{}_delta_log/", table.root());
+    if store.list(&log).await?.is_empty() {
+        return Ok(None);
     }
+    builder(store, table)
+        .await?
+        .load()
+        .await
+        .map(Some)
+        .map_err(lake_error(table, "opening"))
 }
 
 async fn open_or_create(store: &dyn ObjectStore, table: &LakeTable) -> Result<DeltaTable> {

@@ -18,6 +18,7 @@ pub mod lease;
 pub mod parquet_io;
 pub mod period;
 pub mod pipeline;
+pub mod progress;
 pub mod quality;
 pub mod stages;
 pub mod storage;

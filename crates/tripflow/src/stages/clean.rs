@@ -42,6 +42,7 @@ use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::handoff::{INGEST, IngestOutput};
 use crate::parquet_io::{ParquetSink, decode_error, open_stream};
 use crate::period::Period;
+use crate::progress::{StageProgress, Unit};
 use crate::storage::{Layout, ObjectStore, get_json, put_json};
 
 pub const STAGE: &str = crate::handoff::CLEAN;
@@ -260,10 +261,12 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     let rules = Rules::new(input.period, ctx.config.rules);
     let mut counts = RejectCounts::default();
     let mut rows_in = 0u64;
+    let progress = StageProgress::begin(ctx.progress.as_ref(), STAGE, Unit::Rows, Some(manifest.output.rows));
     let copied = async {
         let mut stream = stream;
         while let Some(batch) = stream.try_next().await.map_err(|e| decode_error(&input.raw_key, e))? {
             rows_in += batch.num_rows() as u64;
+            progress.advance(batch.num_rows() as u64);
             let canonical = source.canonicalize(&batch)?;
             let (kept, rejected) = split_batch(&canonical, &rules, &mut counts)?;
             kept_sink.write(&kept).await?;

@@ -20,6 +20,7 @@ use crate::contract;
 use crate::error::{Error, Result, chain};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::period::{TlcFileName, file_name_of, resolve_period};
+use crate::progress::{StageProgress, Unit};
 use crate::storage::local::open_file_stream;
 use crate::storage::{ByteStream, Layout, ObjectStore, get_bytes};
 
@@ -311,10 +312,17 @@ pub async fn run_as(ctx: &StageContext, input: IngestInput, run_id: String) -> R
     info!(source = %source.name(), %raw_key, expected_md5 = expected_md5.as_deref().unwrap_or("-"), "ingest started");
     let mut body = source.open(store, &http).await?;
     let mut sink = store.create(&raw_key).await?;
+    let size = match &source {
+        Source::StoreKey(key) => store.size(key).await.ok().flatten(),
+        Source::LocalPath(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+        Source::Url(_) => None,
+    };
+    let progress = StageProgress::begin(ctx.progress.as_ref(), STAGE, Unit::Bytes, size);
     let streamed = async {
         let mut md5 = Md5Counter::new();
         let mut ends = EndsKeeper::default();
         while let Some(chunk) = body.try_next().await? {
+            progress.advance(chunk.len() as u64);
             md5.update(&chunk);
             ends.push(&chunk);
             sink.write(chunk).await?;

@@ -26,6 +26,7 @@ use crate::handoff::manifest::Manifest;
 use crate::handoff::{self, IntentState, PublishIntent};
 use crate::handoff::{CLEAN, TRANSFORM, TransformOutput};
 use crate::parquet_io::{decode_error, open_stream};
+use crate::progress::{StageProgress, Unit};
 use crate::storage::{Layout, get_json, md5_of, put_json};
 
 pub const STAGE: &str = crate::handoff::LOAD;
@@ -150,6 +151,7 @@ struct CuratedRows<'a> {
     ctx: &'a StageContext,
     manifest: &'a Manifest<TransformOutput>,
     source_id: &'a str,
+    progress: &'a StageProgress<'a>,
 }
 
 #[async_trait::async_trait]
@@ -164,6 +166,7 @@ impl TripRows for CuratedRows<'_> {
                 .map_err(|e| decode_error(&entry.object.key, e))?
             {
                 copy_batch(writer.as_mut(), &batch, self.source_id, date).await?;
+                self.progress.advance(batch.num_rows() as u64);
             }
         }
         Ok(())
@@ -219,10 +222,12 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
         manifest_key: Some(input.manifest_key.clone()),
         manifest_md5: Some(manifest_md5),
     };
+    let progress = StageProgress::begin(ctx.progress.as_ref(), STAGE, Unit::Rows, Some(rows_curated));
     let mut rows = CuratedRows {
         ctx,
         manifest: &manifest,
         source_id: &source_id,
+        progress: &progress,
     };
     let staged = versions::stage_version(client, &request, &mut rows).await?;
     let intent = PublishIntent {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::PipelineConfig;
 pub use crate::handoff::Verdict;
+use crate::progress::{Progress, Silent};
 use crate::storage::ObjectStore;
 
 /// What every stage needs: where the zones are and how the pipeline is configured. Built once per
@@ -18,10 +19,21 @@ use crate::storage::ObjectStore;
 pub struct StageContext {
     pub store: Arc<dyn ObjectStore>,
     pub config: PipelineConfig,
+    /// Where the stages report how far they are ([`Silent`] unless a front door shows it).
+    pub progress: Arc<dyn Progress>,
 }
 
 impl StageContext {
     pub fn new(store: Arc<dyn ObjectStore>, config: PipelineConfig) -> Self {
-        StageContext { store, config }
+        StageContext {
+            store,
+            config,
+            progress: Arc::new(Silent),
+        }
+    }
+
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
     }
 }

@@ -23,6 +23,7 @@ use crate::contract::{self, col};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::parquet_io::{ParquetSink, decode_error, open_stream};
+use crate::progress::{StageProgress, Unit};
 use crate::storage::Layout;
 
 pub const STAGE: &str = crate::handoff::TRANSFORM;
@@ -171,8 +172,15 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
     let (_, mut stream) = open_stream(store, &input.clean_key, None).await?;
     let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
     let mut swapped = 0u64;
+    let progress = StageProgress::begin(
+        ctx.progress.as_ref(),
+        STAGE,
+        Unit::Rows,
+        Some(manifest.output.rows_kept),
+    );
     let written = async {
         while let Some(batch) = stream.try_next().await.map_err(|e| decode_error(&input.clean_key, e))? {
+            progress.advance(batch.num_rows() as u64);
             let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
             swapped += swapped_here;
             for (date, rows) in group_by_date(&dates) {
