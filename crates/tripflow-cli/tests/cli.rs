@@ -759,7 +759,7 @@ fn on_a_terminal(args: &str, url: &str) -> (bool, String) {
             '\u{1b}' => {
                 if chars.peek() == Some(&'[') {
                     chars.next();
-                    while let Some(p) = chars.next() {
+                    for p in chars.by_ref() {
                         if p.is_ascii_alphabetic() {
                             break;
                         }
