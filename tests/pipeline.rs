@@ -105,6 +105,7 @@ async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answ
         [
             "reports/yellow/2021-03/clean.json".to_string(),
             "reports/yellow/2021-03/load.json".to_string(),
+            "reports/yellow/2021-03/quality.html".to_string(),
             format!("reports/yellow/2021-03/runs/{run}/clean.json"),
             format!("reports/yellow/2021-03/runs/{run}/ingest.json"),
             format!("reports/yellow/2021-03/runs/{run}/publish.json"),

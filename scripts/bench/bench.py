@@ -1,0 +1,155 @@
+"""tripflow beside its anchors, same machine, same session: the figures behind issue 8's targets.
+
+Called by scripts/bench.sh (which builds the release binary and installs the anchors in .venv).
+
+For each month size (1x, and 10x unless --no-10x) it generates the month with `tripflow gen`, then
+runs, interleaved, RUNS times each, every contender as a whole process under /usr/bin/time:
+  tripflow      `tripflow run` into a fresh database of one private PostgreSQL cluster
+  duckdb-part   DuckDB clean + transform into Hive partitions by pickup_date (zstd)
+  duckdb-1file  the same into one file (zstd level 1): DuckDB's fastest configuration
+  polars-part   Polars, partitioned like duckdb-part
+  copy          PostgreSQL's server-side binary COPY of the same curated rows, unindexed table
+and prints the medians and the ratios issue 8 sets targets for.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+def timed(cmd, env=None, stdout=subprocess.DEVNULL):
+    """Runs cmd under /usr/bin/time; returns (seconds, peak RSS MiB, stdout text)."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", "-o", report.name, *map(str, cmd)],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if proc.returncode != 0:
+            sys.exit(f"failed: {' '.join(map(str, cmd))}\n{proc.stderr[-3000:]}")
+        seconds, kib = report.read().split()[-2:]
+    return float(seconds), int(kib) / 1024, proc.stdout or ""
+
+
+def psql(url, sql):
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--rows", type=int, default=1_930_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-10x", action="store_true")
+    ap.add_argument("--work", default=None)
+    args = ap.parse_args()
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="tripflow-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o777)  # the cluster's server user writes and reads the COPY file here
+    cluster = work / "cluster"
+    base_url = subprocess.run(
+        [args.bin, "db", "url", "--data-dir", cluster], check=True, text=True, stdout=subprocess.PIPE
+    ).stdout.strip()
+    database_counter = [0]
+
+    def fresh_database():
+        database_counter[0] += 1
+        name = f"bench_{database_counter[0]}"
+        psql(base_url, f"DROP DATABASE IF EXISTS {name}")
+        psql(base_url, f"CREATE DATABASE {name}")
+        return base_url.rsplit("/", 1)[0] + "/" + name
+
+    sizes = [("1x", args.rows)] + ([] if args.no_10x else [("10x", args.rows * 10)])
+    results = {}
+    try:
+        for label, rows in sizes:
+            month_dir = work / label
+            month_dir.mkdir(exist_ok=True)
+            source = month_dir / "yellow_tripdata_2021-03.parquet"
+            subprocess.run([args.bin, "gen", "--month", "2021-03", "--rows", str(rows), source], check=True,
+                           stdout=subprocess.DEVNULL)
+            # The COPY anchor loads exactly the rows tripflow curates: one run to get them.
+            prep = fresh_database()
+            subprocess.run([args.bin, "run", source, "--data-dir", month_dir / "prep", "--json"], check=True,
+                           env={**os.environ, "DATABASE_URL": prep}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            copy_file = work / f"curated-{label}.bin"
+            psql(prep, f"COPY (SELECT * FROM tripflow.trips) TO '{copy_file}' (FORMAT binary)")
+
+            samples = {k: [] for k in ["tripflow", "duckdb-part", "duckdb-1file", "polars-part", "copy"]}
+            stages = []
+            for run in range(args.runs):
+                print(f"  {label} run {run + 1}/{args.runs}", file=sys.stderr, flush=True)
+                url = fresh_database()
+                data = month_dir / f"data-{run}"
+                s, rss, out = timed([args.bin, "run", source, "--data-dir", data, "--json"],
+                                    env={"DATABASE_URL": url}, stdout=None)
+                samples["tripflow"].append((s, rss))
+                stages.append(json.loads(out)["stage_seconds"])
+                for name, cmd in [
+                    ("duckdb-part", [PY, HERE / "anchor_duckdb.py", source, month_dir / f"duck-{run}", "partitioned"]),
+                    ("duckdb-1file", [PY, HERE / "anchor_duckdb.py", source, month_dir / f"duck1-{run}", "one-file"]),
+                    ("polars-part", [PY, HERE / "anchor_polars.py", source, month_dir / f"polars-{run}"]),
+                    ("copy", [PY, HERE / "anchor_copy.py", prep, copy_file]),
+                ]:
+                    if name == "duckdb-1file":
+                        (month_dir / f"duck1-{run}").mkdir(exist_ok=True)
+                    samples[name].append(timed(cmd)[:2])
+            med = {k: (statistics.median(x for x, _ in v), statistics.median(m for _, m in v))
+                   for k, v in samples.items()}
+            stage_med = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+            results[label] = (rows, med, stage_med)
+    finally:
+        subprocess.run([args.bin, "db", "stop", "--data-dir", cluster], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    report(results, args.runs)
+
+
+def report(results, runs):
+    print(f"\ntripflow beside its anchors: medians of {runs} interleaved runs, whole processes, "
+          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    for label, (rows, med, st) in results.items():
+        print(f"\n{label}: {rows:,} generated rows")
+        print(f"  {'contender':<14} {'seconds':>8} {'peak RSS MiB':>13}")
+        for name, (s, rss) in med.items():
+            print(f"  {name:<14} {s:>8.2f} {rss:>13.0f}")
+        print("  tripflow stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in st.items()))
+
+    rows, med, st = results["1x"]
+    ct = st["clean"] + st["transform"]
+    checks = [
+        ("clean + transform / DuckDB partitioned", ct / med["duckdb-part"][0], 1.0),
+        ("clean + transform / DuckDB one file (stretch)", ct / med["duckdb-1file"][0], 0.67),
+        ("load / server binary COPY", st["load"] / med["copy"][0], 1.3),
+        ("answers after the load, seconds", st["queries"], 0.05),
+        ("whole run / (DuckDB partitioned + COPY)", med["tripflow"][0] / (med["duckdb-part"][0] + med["copy"][0]), 1.5),
+        ("1x peak RSS, MiB", med["tripflow"][1], 160),
+    ]
+    if "10x" in results:
+        _, med10, _ = results["10x"]
+        checks += [
+            ("10x whole run / 1x whole run", med10["tripflow"][0] / med["tripflow"][0], 10.5),
+            ("10x peak RSS / 1x peak RSS", med10["tripflow"][1] / med["tripflow"][1], 1.1),
+        ]
+    print(f"\n  {'target':<48} {'measured':>9} {'at most':>8}")
+    for name, value, limit in checks:
+        print(f"  {name:<48} {value:>9.2f} {limit:>8.2f}  {'met' if value <= limit else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
