@@ -41,22 +41,70 @@ pub use tripflow::stages::transform::TransformInput;
 /// month it belongs to.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
-    let filter = EnvFilter::try_new(level.to_ascii_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
-    let text = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"));
+    let settings = LogSettings::from_lookup(|name| std::env::var(name).ok());
+    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .without_time()
         .with_target(false);
     // `try_init`: a second call (tests, a router hosting several handlers) keeps the first subscriber.
-    let _ = if text {
-        builder.try_init()
-    } else {
+    let _ = if settings.json {
         builder.json().with_current_span(true).with_span_list(false).try_init()
+    } else {
+        builder.try_init()
     };
+}
+
+/// What the function's logging configuration asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// An `EnvFilter` directive, lower case (`info`, `debug`, `tripflow=trace`).
+    pub level: String,
+    /// JSON lines (Lambda's default) rather than text.
+    pub json: bool,
+}
+
+impl LogSettings {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let level = set("AWS_LAMBDA_LOG_LEVEL")
+            .or_else(|| set("RUST_LOG"))
+            .unwrap_or_else(|| "info".to_string())
+            .to_ascii_lowercase();
+        let json = !set("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("text"));
+        LogSettings { level, json }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::LogSettings;
+
+    fn settings(pairs: &[(&str, &str)]) -> LogSettings {
+        LogSettings::from_lookup(|name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn logs_follow_the_functions_logging_configuration() {
+        assert_eq!(
+            settings(&[]),
+            LogSettings {
+                level: "info".into(),
+                json: true
+            }
+        );
+        assert_eq!(settings(&[("AWS_LAMBDA_LOG_LEVEL", "DEBUG")]).level, "debug");
+        assert_eq!(settings(&[("RUST_LOG", "tripflow=trace")]).level, "tripflow=trace");
+        // The function's configuration wins over RUST_LOG.
+        assert_eq!(
+            settings(&[("AWS_LAMBDA_LOG_LEVEL", "WARN"), ("RUST_LOG", "trace")]).level,
+            "warn"
+        );
+        assert!(!settings(&[("AWS_LAMBDA_LOG_FORMAT", "Text")]).json);
+        assert!(settings(&[("AWS_LAMBDA_LOG_FORMAT", "JSON")]).json);
+        assert!(settings(&[("AWS_LAMBDA_LOG_FORMAT", "")]).json);
+    }
 }
 
 /// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL` (moto, LocalStack) as
