@@ -77,6 +77,12 @@ impl LogSettings {
     }
 }
 
+/// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL` (moto, LocalStack) as
+/// aws-config resolves them from the environment.
+pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
+}
+
 #[cfg(test)]
 mod log_tests {
     use super::LogSettings;
@@ -105,10 +111,4 @@ mod log_tests {
         assert!(settings(&[("AWS_LAMBDA_LOG_FORMAT", "JSON")]).json);
         assert!(settings(&[("AWS_LAMBDA_LOG_FORMAT", "")]).json);
     }
-}
-
-/// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL` (moto, LocalStack) as
-/// aws-config resolves them from the environment.
-pub async fn load_sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await
 }
