@@ -2,6 +2,7 @@
 //! the analysts' answers. Loaded data lives in versions (`versions`): each load builds a new table and
 //! swaps it into the partitioned `tripflow.trips`.
 
+pub mod binary_copy;
 pub mod local;
 pub mod versions;
 

@@ -11,11 +11,10 @@
 use std::pin::Pin;
 
 use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
-use tokio_postgres::{Client, GenericClient, Transaction};
+use tokio_postgres::{Client, CopyInSink, GenericClient, Transaction};
 use tracing::{info, warn};
 
 use super::{TRIPS_TABLE, WeeklySlowPickup, classify, weekly_row};
@@ -30,10 +29,43 @@ const STAGED_EXPIRY: &str = "1 day";
 
 pub use crate::handoff::curated::TRIP_COLUMNS;
 
-/// Whatever feeds a new version its rows: writes every row, in [`TRIP_COLUMNS`] order, into the COPY.
+/// Whatever feeds a new version its rows: encodes every row, in [`TRIP_COLUMNS`] order, into the
+/// COPY's buffer ([`super::binary_copy::encode_batch`]) and lets it send what filled up.
 #[async_trait]
 pub trait TripRows: Send {
-    async fn copy_into(&mut self, writer: Pin<&mut BinaryCopyInWriter>) -> Result<()>;
+    async fn copy_into(&mut self, out: &mut CopyOut<'_>) -> Result<()>;
+}
+
+/// Sends to the server in chunks of about this many bytes: few enough round trips through the
+/// connection task, little enough memory.
+const COPY_CHUNK_BYTES: usize = 4 << 20;
+
+/// A binary COPY in progress: rows are encoded into its buffer, which goes to the server whenever
+/// it passes [`COPY_CHUNK_BYTES`].
+pub struct CopyOut<'a> {
+    sink: Pin<&'a mut CopyInSink<Bytes>>,
+    buffer: BytesMut,
+}
+
+impl CopyOut<'_> {
+    /// Where the rows go, in binary COPY format.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buffer
+    }
+
+    /// Sends the buffer if it is full enough.
+    pub async fn send_if_full(&mut self) -> Result<()> {
+        if self.buffer.len() >= COPY_CHUNK_BYTES {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self) -> Result<()> {
+        use futures::SinkExt;
+        let chunk = self.buffer.split().freeze();
+        self.sink.send(chunk).await.map_err(classify)
+    }
 }
 
 /// What a new version is built from.
@@ -312,21 +344,20 @@ async fn build(
     let tx = client.transaction().await.map_err(classify)?;
     let column_list = TRIP_COLUMNS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
     let sink = tx
-        .copy_in(&format!("COPY {full} ({column_list}) FROM STDIN BINARY"))
+        .copy_in::<_, Bytes>(&format!("COPY {full} ({column_list}) FROM STDIN BINARY"))
         .await
         .map_err(classify)?;
-    let types: Vec<Type> = TRIP_COLUMNS.iter().map(|c| c.postgres.clone()).collect();
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    futures::pin_mut!(writer);
-    rows.copy_into(writer.as_mut()).await?;
-    writer.finish().await.map_err(classify)?;
-
-    let counted: i64 = tx
-        .query_one(&format!("SELECT count(*) FROM {full}"), &[])
-        .await
-        .map_err(classify)?
-        .get(0);
-    let rows_loaded = u64::try_from(counted).unwrap_or(0);
+    futures::pin_mut!(sink);
+    let mut out = CopyOut {
+        sink: sink.as_mut(),
+        buffer: BytesMut::from(super::binary_copy::HEADER),
+    };
+    rows.copy_into(&mut out).await?;
+    out.buffer.put_slice(&super::binary_copy::TRAILER);
+    out.send().await?;
+    // The server's own count of the rows it took, as `COPY n` reports it.
+    let rows_loaded = sink.as_mut().finish().await.map_err(classify)?;
+    let counted = i64::try_from(rows_loaded).unwrap_or(i64::MAX);
     if rows_loaded != request.expected_rows {
         return Err(Error::LoadCountMismatch {
             source_id: source_id.to_string(),

@@ -7,21 +7,16 @@
 //! failure before the publish leaves every zone and the database as they were; readers see the old
 //! version or the new one, never both, never none.
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::NaiveDate;
 use futures::TryStreamExt;
 use tokio_postgres::Client;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::ToSql;
 use tracing::info;
 
 use super::StageContext;
-use crate::contract::col;
-use crate::db::versions::{self, StageRequest, TripRows};
-use crate::db::{self, classify};
+use crate::db;
+use crate::db::binary_copy;
+use crate::db::versions::{self, CopyOut, StageRequest, TripRows};
 use crate::error::{Error, Result};
-use crate::handoff::curated::{DURATION_S, PICKUP_WEEK, SPEED_MPH};
 use crate::handoff::manifest::Manifest;
 use crate::handoff::{self, IntentState, PublishIntent};
 use crate::handoff::{CLEAN, TRANSFORM, TransformOutput};
@@ -32,108 +27,6 @@ use crate::storage::{Layout, get_json, md5_of, put_json};
 pub const STAGE: &str = crate::handoff::LOAD;
 
 pub use crate::handoff::{LoadInput, LoadOutput};
-
-/// One row's values in COPY column order.
-struct Row {
-    ints: [Option<i32>; 7],
-    floats: [Option<f64>; 7],
-    pickup: Option<NaiveDateTime>,
-    dropoff: Option<NaiveDateTime>,
-    duration_s: Option<f64>,
-    week: Option<i32>,
-}
-
-fn int_col<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::PrimitiveArray<Int32Type>> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_primitive_opt::<Int32Type>())
-        .ok_or_else(|| Error::schema_drift(name, "expected int32"))
-}
-
-fn float_col<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::PrimitiveArray<Float64Type>> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_primitive_opt::<Float64Type>())
-        .ok_or_else(|| Error::schema_drift(name, "expected float64"))
-}
-
-async fn copy_batch(
-    writer: std::pin::Pin<&mut BinaryCopyInWriter>,
-    batch: &RecordBatch,
-    source_id: &str,
-    date: NaiveDate,
-) -> Result<()> {
-    let ints = [
-        int_col(batch, col::VENDOR_ID)?,
-        int_col(batch, col::PASSENGER_COUNT)?,
-        int_col(batch, col::RATECODE_ID)?,
-        int_col(batch, col::PU_LOCATION_ID)?,
-        int_col(batch, col::DO_LOCATION_ID)?,
-        int_col(batch, col::PAYMENT_TYPE)?,
-        int_col(batch, PICKUP_WEEK)?,
-    ];
-    let floats = [
-        float_col(batch, col::TRIP_DISTANCE)?,
-        float_col(batch, col::FARE_AMOUNT)?,
-        float_col(batch, col::TIP_AMOUNT)?,
-        float_col(batch, col::TOTAL_AMOUNT)?,
-        float_col(batch, col::CONGESTION_SURCHARGE)?,
-        float_col(batch, col::AIRPORT_FEE)?,
-        float_col(batch, SPEED_MPH)?,
-    ];
-    let ts = |name: &str| {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .ok_or_else(|| Error::schema_drift(name, "expected timestamp(us)"))
-    };
-    let (pickup, dropoff) = (ts(col::PICKUP_AT)?, ts(col::DROPOFF_AT)?);
-    let duration = batch
-        .column_by_name(DURATION_S)
-        .and_then(|c| c.as_primitive_opt::<Float64Type>())
-        .ok_or_else(|| Error::schema_drift(DURATION_S, "expected float64"))?;
-    let to_time = |a: &arrow::array::PrimitiveArray<TimestampMicrosecondType>, i: usize| {
-        a.is_valid(i)
-            .then(|| DateTime::from_timestamp_micros(a.value(i)).map(|t| t.naive_utc()))
-            .flatten()
-    };
-    let mut writer = writer;
-    for i in 0..batch.num_rows() {
-        let int = |a: &arrow::array::PrimitiveArray<Int32Type>| a.is_valid(i).then(|| a.value(i));
-        let float = |a: &arrow::array::PrimitiveArray<Float64Type>| a.is_valid(i).then(|| a.value(i));
-        let row = Row {
-            ints: ints.map(int),
-            floats: floats.map(float),
-            pickup: to_time(pickup, i),
-            dropoff: to_time(dropoff, i),
-            duration_s: duration.is_valid(i).then(|| duration.value(i)),
-            week: int(ints[6]),
-        };
-        let values: [&(dyn ToSql + Sync); 19] = [
-            &source_id,
-            &row.ints[0],
-            &row.pickup,
-            &row.dropoff,
-            &row.ints[1],
-            &row.floats[0],
-            &row.ints[2],
-            &row.ints[3],
-            &row.ints[4],
-            &row.ints[5],
-            &row.floats[1],
-            &row.floats[2],
-            &row.floats[3],
-            &row.floats[4],
-            &row.floats[5],
-            &row.duration_s,
-            &row.floats[6],
-            &date,
-            &row.week,
-        ];
-        writer.as_mut().write(&values).await.map_err(classify)?;
-    }
-    Ok(())
-}
 
 /// The pickup date a curated key's partition names (`…/pickup_date=2021-03-01/…`).
 pub fn partition_date(key: &str) -> Result<NaiveDate> {
@@ -156,7 +49,7 @@ struct CuratedRows<'a> {
 
 #[async_trait::async_trait]
 impl TripRows for CuratedRows<'_> {
-    async fn copy_into(&mut self, mut writer: std::pin::Pin<&mut BinaryCopyInWriter>) -> Result<()> {
+    async fn copy_into(&mut self, out: &mut CopyOut<'_>) -> Result<()> {
         for entry in &self.manifest.objects {
             let date = partition_date(&entry.object.key)?;
             let (_, mut stream) = open_stream(&self.ctx.store, &entry.object.key, None).await?;
@@ -165,7 +58,8 @@ impl TripRows for CuratedRows<'_> {
                 .await
                 .map_err(|e| decode_error(&entry.object.key, e))?
             {
-                copy_batch(writer.as_mut(), &batch, self.source_id, date).await?;
+                binary_copy::encode_batch(&batch, self.source_id, date, out.buffer())?;
+                out.send_if_full().await?;
                 self.progress.advance(batch.num_rows() as u64);
             }
         }
