@@ -76,9 +76,6 @@ pub fn summary_text(s: &RunSummary) -> String {
             bytes as f64 / (1024.0 * 1024.0)
         );
     }
-    if let Some(path) = &s.quality_report {
-        let _ = writeln!(out, "  report      {path}");
-    }
     out.push_str(&answers_text(
         &s.source_id,
         &Answers {
@@ -86,6 +83,9 @@ pub fn summary_text(s: &RunSummary) -> String {
             weekly_top5: s.weekly_top5.clone(),
         },
     ));
+    if let Some(path) = &s.quality_report {
+        let _ = writeln!(out, "quality report: {path}");
+    }
     out
 }
 
