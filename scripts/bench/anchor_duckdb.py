@@ -27,7 +27,7 @@ WITH trips AS (
       AND isfinite(coalesce(tip_amount, 0)) AND isfinite(coalesce(total_amount, 0))
       AND trip_distance >= 0
       AND PULocationID BETWEEN 1 AND 265 AND DOLocationID BETWEEN 1 AND 265
-      AND duration_us <= 24 * 3600 * 1000000
+      AND duration_us <= 86400000000
       AND NOT (trip_distance > 0 AND trip_distance / (duration_us / 3600e6) > 100)
 )
 SELECT VendorID::INTEGER AS vendor_id,
@@ -41,7 +41,7 @@ SELECT VendorID::INTEGER AS vendor_id,
        duration_us / 1e6 AS duration_s,
        CASE WHEN trip_distance > 0 THEN trip_distance / (duration_us / 3600e6) END AS speed_mph,
        tpep_pickup_datetime::DATE AS pickup_date,
-       isoweek(tpep_pickup_datetime)::INTEGER AS pickup_week
+       week(tpep_pickup_datetime)::INTEGER AS pickup_week
 FROM kept
 """
 if layout == "partitioned":
