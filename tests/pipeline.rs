@@ -50,6 +50,16 @@ async fn a_generated_month_ends_in_postgres_with_the_independently_computed_answ
     assert_eq!(summary.rows_loaded, expected.kept);
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, expected.kept);
 
+    // The quality report's speed distribution, counted by transform as it wrote, is PostgreSQL's.
+    let in_database = tripflow::quality::speed_buckets_in_database(&setup.pg.client().await, "yellow/2021-03")
+        .await
+        .unwrap();
+    assert_eq!(summary.transform.speed_buckets, in_database);
+    assert!(
+        in_database.iter().sum::<u64>() > expected.kept * 9 / 10,
+        "{in_database:?}"
+    );
+
     let avg = summary.avg_speed_mph.unwrap();
     assert!(
         (avg - expected.avg_speed_mph).abs() < 1e-9 * expected.avg_speed_mph,

@@ -98,7 +98,11 @@ pub async fn gather(
         rows_rejected: clean.rows_rejected,
         rows_loaded: record.load.rows_loaded,
         trips_per_day,
-        speed_buckets: speed_buckets(client, &source_id).await?,
+        // Counted by transform as it wrote the files; recounted in SQL for versions from before.
+        speed_buckets: match &record.transform.output.speed_buckets {
+            counted if counted.len() == SPEED_BUCKETS => counted.clone(),
+            _ => speed_buckets_in_database(client, &source_id).await?,
+        },
         avg_speed_mph: answers.avg_speed_mph,
         weekly_top5: answers.weekly_top5,
         history: versions::history(client, &source_id).await?,
@@ -125,7 +129,20 @@ pub async fn write_current(store: &dyn ObjectStore, client: &Client, layout: &La
     write(store, client, layout, &record).await
 }
 
-async fn speed_buckets(client: &Client, source_id: &str) -> Result<Vec<u64>> {
+/// Adds each speed to its [`SPEED_BUCKET_MPH`] bucket, the last one open-ended; nulls (no
+/// distance) count nowhere. The same buckets as [`speed_buckets_in_database`].
+pub fn count_speeds(buckets: &mut [u64], speeds: &arrow::array::Float64Array) {
+    let last = buckets.len().saturating_sub(1);
+    for speed in speeds.iter().flatten() {
+        let bucket = (speed / SPEED_BUCKET_MPH).floor().max(0.0) as usize;
+        if let Some(slot) = buckets.get_mut(bucket.min(last)) {
+            *slot += 1;
+        }
+    }
+}
+
+/// The speed distribution of `source_id`'s current version, counted by PostgreSQL.
+pub async fn speed_buckets_in_database(client: &Client, source_id: &str) -> Result<Vec<u64>> {
     let rows = client
         .query(
             "SELECT least(floor(speed_mph / $2)::int, $3::int) AS bucket, count(*) \
@@ -576,6 +593,16 @@ mod tests {
             ]
         );
         assert_eq!(run_started_at("not-a-run"), None);
+    }
+
+    #[test]
+    fn speeds_fall_in_two_mph_buckets_the_last_open_ended() {
+        let mut buckets = vec![0u64; SPEED_BUCKETS];
+        let speeds =
+            arrow::array::Float64Array::from(vec![Some(0.0), Some(1.99), Some(2.0), None, Some(61.0), Some(1e6)]);
+        count_speeds(&mut buckets, &speeds);
+        assert_eq!((buckets[0], buckets[1], buckets[SPEED_BUCKETS - 1]), (2, 1, 2));
+        assert_eq!(buckets.iter().sum::<u64>(), 5, "the null counts nowhere");
     }
 
     #[test]

@@ -255,6 +255,10 @@ pub struct TransformOutput {
     /// The run whose files these are.
     #[serde(default)]
     pub run_id: String,
+    /// Curated trips with a speed per 2 mph bucket (the quality report's distribution), counted
+    /// as transform writes them; empty in outputs from before it was counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speed_buckets: Vec<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------

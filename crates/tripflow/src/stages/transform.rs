@@ -172,6 +172,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
     let (_, mut stream) = open_stream(store, &input.clean_key, None).await?;
     let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
     let mut swapped = 0u64;
+    let mut speed_buckets = vec![0u64; crate::quality::SPEED_BUCKETS];
     let progress = StageProgress::begin(
         ctx.progress.as_ref(),
         STAGE,
@@ -183,6 +184,12 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             progress.advance(batch.num_rows() as u64);
             let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
             swapped += swapped_here;
+            if let Some(speeds) = curated
+                .column_by_name(SPEED_MPH)
+                .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+            {
+                crate::quality::count_speeds(&mut speed_buckets, speeds);
+            }
             for (date, rows) in group_by_date(&dates) {
                 let part = take_record_batch(&curated, &UInt32Array::from(rows))
                     .map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -247,6 +254,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         location_ids_swapped: swapped,
         source_md5: manifest.output.source_md5.clone(),
         run_id,
+        speed_buckets,
     };
     Manifest::new(STAGE, layout.source_id(), objects, output.clone())
         .started(started_at)
