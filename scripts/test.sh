@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check CI runs, from a clean clone: formatting, clippy, unit tests, integration tests against
 # real parts (a throwaway PostgreSQL cluster, moto for S3/Glue/SNS/Step Functions) and the checks of
-# template.yaml and statemachine.asl.json. Installs what it needs (moto in .venv, lint tools).
+# template.yaml and statemachine.asl.json. Installs what it needs (moto in .venv, PostgreSQL and
+# Chromium from Debian when absent, lint tools).
 #
 #   bash scripts/test.sh
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "test tools (moto server in .venv)"
+step "test tools (moto server in .venv, PostgreSQL, Chromium)"
 bash scripts/setup-test-tools.sh
 
 step "cargo fmt --check"
