@@ -93,41 +93,18 @@ impl StageState {
     }
 }
 
-/// Whether a stage's outcome ends its execution (a refused verdict, the last stage, a failure
-/// the state machine does not retry), so its claim on the month can go at once.
-trait EndsRun {
-    fn ends_run(&self) -> bool;
-}
-
-impl EndsRun for IngestOutput {
-    fn ends_run(&self) -> bool {
-        self.verdict != Verdict::Ok
-    }
-}
-impl EndsRun for CleanOutput {
-    fn ends_run(&self) -> bool {
-        self.verdict != Verdict::Ok
-    }
-}
-impl EndsRun for TransformOutput {
-    fn ends_run(&self) -> bool {
-        self.verdict != Verdict::Ok
-    }
-}
-impl EndsRun for LoadOutput {
-    fn ends_run(&self) -> bool {
-        true
-    }
-}
-
 /// Runs one stage of `run_id` while holding its month ([`MonthLease`]): two executions of a month
 /// never interleave. The claim is renewed before the stage and given up when the run is over.
-async fn leased<T: EndsRun>(
+///
+/// The run is over after load, after a verdict that refuses the month (the state machine's Choice
+/// ends it), and after a failure the state machine does not retry. `verdict` reads the output's.
+async fn leased<T>(
     state: &StageState,
     layout: &Layout,
     run_id: &str,
     stage: &'static str,
     work: impl Future<Output = Result<T, Error>>,
+    verdict: impl Fn(&T) -> Verdict,
 ) -> Result<T, Error> {
     let store = state.ctx.store.as_ref();
     let lease = MonthLease::new(layout, state.lease_ttl);
@@ -135,7 +112,7 @@ async fn leased<T: EndsRun>(
     let result = work.await;
     // A failed ingest is retried under a new run id, so its own claim goes whatever the failure.
     let over = match &result {
-        Ok(output) => output.ends_run(),
+        Ok(output) => stage == load::STAGE || verdict(output) != Verdict::Ok,
         Err(err) => stage == ingest::STAGE || !err.is_retryable(),
     };
     if over && let Err(err) = lease.release(store, run_id).await {
@@ -184,7 +161,7 @@ async fn ingest_invocation(state: &StageState, input: IngestInput) -> Result<Ing
         (Ok(()), Ok(layout)) => {
             let run_id = ingest::new_run_id();
             let work = ingest::run_as(&state.ctx, input, run_id.clone());
-            leased(state, &layout, &run_id, ingest::STAGE, work).await
+            leased(state, &layout, &run_id, ingest::STAGE, work, |o| o.verdict).await
         }
         (Err(err), _) | (_, Err(err)) => Err(err),
     };
@@ -205,7 +182,8 @@ async fn clean_invocation(state: &StageState, input: CleanInput) -> Result<Clean
     let (started, dataset) = (Instant::now(), input.dataset.clone());
     let layout = Layout::new(input.dataset.clone(), input.period);
     let run_id = input.run_id.clone();
-    let result = leased(state, &layout, &run_id, clean::STAGE, clean::run(&state.ctx, input)).await;
+    let work = clean::run(&state.ctx, input);
+    let result = leased(state, &layout, &run_id, clean::STAGE, work, |o| o.verdict).await;
     state
         .metrics
         .record(clean::STAGE, &dataset, &result, started.elapsed().as_secs_f64());
@@ -225,14 +203,8 @@ async fn transform_invocation(state: &StageState, input: TransformInput) -> Resu
     let layout = Layout::new(input.dataset.clone(), input.period);
     let result = match run_of(&layout, &input.manifest_key) {
         Ok(run_id) => {
-            leased(
-                state,
-                &layout,
-                &run_id,
-                transform::STAGE,
-                transform::run(&state.ctx, input),
-            )
-            .await
+            let work = transform::run(&state.ctx, input);
+            leased(state, &layout, &run_id, transform::STAGE, work, |o| o.verdict).await
         }
         Err(err) => Err(err),
     };
@@ -303,7 +275,7 @@ async fn load_invocation(state: &LoadState, input: LoadInput) -> Result<LoadOutp
             let mut client = state.db.client().await?;
             load::run(ctx, &mut client, input).await
         };
-        leased(&state.stage, &layout, &run_id, load::STAGE, work).await
+        leased(&state.stage, &layout, &run_id, load::STAGE, work, |o| o.verdict).await
     }
     .await;
     state

@@ -383,7 +383,7 @@ async fn execute(command: Command, bars: Option<progress::Bars>) -> Result<()> {
             let (dataset, month) = args.source_id.split_once('/').unwrap_or_default();
             let layout = Layout::new(dataset, month.parse::<Period>()?);
             let store = LocalStore::open(&args.place.data_dir)?;
-            let key = tripflow::quality::report_key(&layout);
+            let key = layout.quality_report_key();
             if store.size(&key).await?.is_none() {
                 let client = database(&args.place).await?;
                 if db::versions::history(&client, &args.source_id).await?.is_empty() {
@@ -485,7 +485,7 @@ async fn run(
         bars.leave();
     }
     let mut summary = ran?;
-    let report = store.path_of(&tripflow::quality::report_key(&layout))?;
+    let report = store.path_of(&layout.quality_report_key())?;
     summary.quality_report = Some(report.display().to_string());
     Ok(summary)
 }

@@ -36,14 +36,6 @@ impl Bars {
         }
     }
 
-    /// A log writer that prints between redraws of the bars.
-    pub fn log_writer(&self) -> BetweenBars {
-        BetweenBars {
-            multi: self.multi.clone(),
-            line: Vec::new(),
-        }
-    }
-
     fn style(unit: Unit, total_known: bool) -> ProgressStyle {
         let template = match (unit, total_known) {
             (Unit::Bytes, true) => {
@@ -96,8 +88,12 @@ impl Progress for Bars {
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Bars {
     type Writer = BetweenBars;
 
+    /// A log writer that prints between redraws of the bars.
     fn make_writer(&'a self) -> Self::Writer {
-        self.log_writer()
+        BetweenBars {
+            multi: self.multi.clone(),
+            line: Vec::new(),
+        }
     }
 }
 

@@ -18,17 +18,10 @@ use crate::error::Result;
 use crate::handoff::{INGEST, IngestOutput, Manifest, RejectCounts, RejectReason, VersionRecord};
 use crate::storage::{Layout, ObjectInfo, ObjectStore, get_json, put_bytes};
 
-/// The report's name among the month's reports.
-pub const REPORT_NAME: &str = "quality";
 /// Width of one bar of the speed distribution.
 pub const SPEED_BUCKET_MPH: f64 = 2.0;
 /// Bars of the speed distribution; the last one holds every faster trip.
 pub const SPEED_BUCKETS: usize = 31;
-
-/// Where a month's current quality report lives.
-pub fn report_key(layout: &Layout) -> String {
-    layout.report_key(REPORT_NAME).replace(".json", ".html")
-}
 
 /// What the report shows, gathered from the version record, the run's manifests and the database.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,7 +111,7 @@ pub async fn write(
     record: &VersionRecord,
 ) -> Result<ObjectInfo> {
     let facts = gather(store, client, layout, record).await?;
-    put_bytes(store, &report_key(layout), render(&facts).into()).await
+    put_bytes(store, &layout.quality_report_key(), render(&facts).into()).await
 }
 
 /// The report of the month's current version, read back from its version record: what

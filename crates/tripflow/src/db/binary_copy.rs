@@ -7,8 +7,8 @@
 //! chunks. The format: a header, per row a field count then per field its length (-1 for NULL) and
 //! its bytes in network order, and a trailer (-1).
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, Int32Type, TimestampMicrosecondType};
+use arrow::array::{Array, AsArray, PrimitiveArray, RecordBatch};
+use arrow::datatypes::{ArrowPrimitiveType, Float64Type, Int32Type, TimestampMicrosecondType};
 use bytes::{BufMut, BytesMut};
 use chrono::NaiveDate;
 use tokio_postgres::types::Type;
@@ -30,9 +30,9 @@ enum Column<'a> {
     Text(&'a [u8]),
     /// The same date in every row (the partition's), as days since 2000-01-01.
     Date(i32),
-    Int4(&'a arrow::array::PrimitiveArray<Int32Type>),
-    Float8(&'a arrow::array::PrimitiveArray<Float64Type>),
-    Timestamp(&'a arrow::array::PrimitiveArray<TimestampMicrosecondType>),
+    Int4(&'a PrimitiveArray<Int32Type>),
+    Float8(&'a PrimitiveArray<Float64Type>),
+    Timestamp(&'a PrimitiveArray<TimestampMicrosecondType>),
 }
 
 fn pg_days(date: NaiveDate) -> i32 {
@@ -64,6 +64,22 @@ fn resolve<'a>(batch: &'a RecordBatch, source_id: &'a str, date: NaiveDate) -> R
         .collect()
 }
 
+/// One field of a row: its length then its value, or -1 for NULL.
+fn put_field<T: ArrowPrimitiveType>(
+    out: &mut BytesMut,
+    array: &PrimitiveArray<T>,
+    row: usize,
+    width: i32,
+    put: impl Fn(&mut BytesMut, T::Native),
+) {
+    if array.is_null(row) {
+        out.put_i32(-1);
+    } else {
+        out.put_i32(width);
+        put(out, array.value(row));
+    }
+}
+
 /// Appends every row of `batch` (a curated file's, of partition `date`) to `out`, in
 /// [`TRIP_COLUMNS`] order.
 pub fn encode_batch(batch: &RecordBatch, source_id: &str, date: NaiveDate, out: &mut BytesMut) -> Result<()> {
@@ -84,29 +100,10 @@ pub fn encode_batch(batch: &RecordBatch, source_id: &str, date: NaiveDate, out: 
                     out.put_i32(4);
                     out.put_i32(*days);
                 }
-                Column::Int4(array) => {
-                    if array.is_null(row) {
-                        out.put_i32(-1);
-                    } else {
-                        out.put_i32(4);
-                        out.put_i32(array.value(row));
-                    }
-                }
-                Column::Float8(array) => {
-                    if array.is_null(row) {
-                        out.put_i32(-1);
-                    } else {
-                        out.put_i32(8);
-                        out.put_f64(array.value(row));
-                    }
-                }
+                Column::Int4(array) => put_field(out, *array, row, 4, |out, v| out.put_i32(v)),
+                Column::Float8(array) => put_field(out, *array, row, 8, |out, v| out.put_f64(v)),
                 Column::Timestamp(array) => {
-                    if array.is_null(row) {
-                        out.put_i32(-1);
-                    } else {
-                        out.put_i32(8);
-                        out.put_i64(array.value(row) - PG_EPOCH_MICROS);
-                    }
+                    put_field(out, *array, row, 8, |out, v| out.put_i64(v - PG_EPOCH_MICROS));
                 }
             }
         }

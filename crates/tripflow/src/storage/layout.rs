@@ -141,6 +141,11 @@ impl Layout {
     pub fn report_key(&self, stage: &str) -> String {
         format!("{REPORTS}{}/{}/{stage}.json", self.dataset, self.period)
     }
+
+    /// The month's quality report, an HTML page beside the JSON reports.
+    pub fn quality_report_key(&self) -> String {
+        format!("{REPORTS}{}/{}/quality.html", self.dataset, self.period)
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +180,7 @@ mod tests {
         assert_eq!(layout.version_key(3), "reports/yellow/2021-03/versions/3.json");
         assert!(layout.run_report_key("r1", "clean").starts_with(&layout.runs_prefix()));
         assert_eq!(layout.report_key("clean"), "reports/yellow/2021-03/clean.json");
+        assert_eq!(layout.quality_report_key(), "reports/yellow/2021-03/quality.html");
         assert_eq!(
             layout.run_of_report(&layout.run_report_key("r1", "clean")).as_deref(),
             Some("r1")
