@@ -4,10 +4,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
@@ -158,6 +159,113 @@ pub async fn open_stream(
         .build()
         .map_err(|e| damaged(key, e))?;
     Ok((stream.schema().clone(), stream))
+}
+
+/// Batches a stage may have decoded ahead of the one it works on: enough to keep the decoder busy
+/// while the stage encodes, little enough memory ([`BATCH_ROWS`] rows each).
+const READ_AHEAD_BATCHES: usize = 2;
+
+type Decoded = Result<(usize, RecordBatch)>;
+
+/// Parquet batches decoded on a task of their own, up to [`READ_AHEAD_BATCHES`] ahead of the reader:
+/// the next row group decompresses and decodes on one core while the stage filters, transforms and
+/// encodes this one on the other. Each batch comes with the index of the object it is from.
+/// Dropping it stops the decoder.
+pub struct ReadAhead {
+    what: String,
+    batches: tokio::sync::mpsc::Receiver<Decoded>,
+    decoder: tokio::task::JoinHandle<()>,
+    ended: bool,
+}
+
+impl ReadAhead {
+    /// The batches of one opened stream (object index 0).
+    pub fn stream(key: &str, stream: ParquetRecordBatchStream<StoreFileReader>) -> Self {
+        let key = key.to_string();
+        Self::start(key.clone(), move |sender| async move {
+            decode_into(&sender, 0, &key, stream).await;
+        })
+    }
+
+    /// The batches of several whole objects, one object after the other, so the decoder runs on
+    /// into the next object while the reader still works on the last batches of this one.
+    pub fn objects(store: Arc<dyn ObjectStore>, keys: Vec<String>) -> Self {
+        let what = keys.first().cloned().unwrap_or_default();
+        Self::start(what, move |sender| async move {
+            for (index, key) in keys.iter().enumerate() {
+                match open_stream(&store, key, None).await {
+                    Ok((_, stream)) => {
+                        if !decode_into(&sender, index, key, stream).await {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        let _ = sender.send(Err(err)).await;
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    fn start<F, Fut>(what: String, decode: F) -> Self
+    where
+        F: FnOnce(tokio::sync::mpsc::Sender<Decoded>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (sender, batches) = tokio::sync::mpsc::channel(READ_AHEAD_BATCHES);
+        ReadAhead {
+            what,
+            batches,
+            decoder: tokio::spawn(decode(sender)),
+            ended: false,
+        }
+    }
+
+    /// The next batch and the index of its object, `None` after the last.
+    pub async fn next_batch(&mut self) -> Result<Option<(usize, RecordBatch)>> {
+        if self.ended {
+            return Ok(None);
+        }
+        if let Some(item) = self.batches.recv().await {
+            return item.map(Some);
+        }
+        // The decoder ended: after the last batch, or by a panic, which must not pass for an end.
+        self.ended = true;
+        match (&mut self.decoder).await {
+            Ok(()) => Ok(None),
+            Err(err) => Err(damaged(&self.what, format!("the decoder stopped: {err}"))),
+        }
+    }
+}
+
+/// Sends every batch of `stream`; false when it stopped early (an error, or the reader went away).
+async fn decode_into(
+    sender: &tokio::sync::mpsc::Sender<Decoded>,
+    index: usize,
+    key: &str,
+    mut stream: ParquetRecordBatchStream<StoreFileReader>,
+) -> bool {
+    loop {
+        match stream.try_next().await {
+            Ok(Some(batch)) => {
+                if sender.send(Ok((index, batch))).await.is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(err) => {
+                let _ = sender.send(Err(decode_error(key, err))).await;
+                return false;
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.decoder.abort();
+    }
 }
 
 /// Whether `key` lies in one of the zones the pipeline itself writes (clean, quarantine, curated,
@@ -353,6 +461,56 @@ mod tests {
             decode_error("raw/x", ParquetError::External(Box::new(slow))).name(),
             "StorageUnavailable"
         );
+    }
+
+    async fn write_ints(store: &dyn ObjectStore, key: &str, values: std::ops::Range<i32>) {
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "n",
+            arrow::datatypes::DataType::Int32,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int32Array::from_iter_values(values))],
+        )
+        .unwrap();
+        let mut sink = ParquetSink::create(store, key, schema, 2 * BATCH_ROWS).await.unwrap();
+        sink.write(&batch).await.unwrap();
+        sink.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn read_ahead_yields_every_batch_of_every_object_in_order_then_the_first_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::storage::LocalStore::open(dir.path()).unwrap());
+        write_ints(store.as_ref(), "curated/a", 0..(BATCH_ROWS as i32 + 5)).await;
+        write_ints(store.as_ref(), "curated/b", 0..7).await;
+        let keys = ["curated/a", "curated/b", "curated/missing", "curated/a"].map(String::from);
+        let mut batches = ReadAhead::objects(store.clone(), keys.to_vec());
+        let mut seen = Vec::new();
+        let err = loop {
+            match batches.next_batch().await {
+                Ok(Some((object, batch))) => seen.push((object, batch.num_rows())),
+                Ok(None) => panic!("ended without the missing object's error"),
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(seen, [(0, BATCH_ROWS), (0, 5), (1, 7)]);
+        assert_eq!(err.name(), "ObjectNotFound", "{err}");
+        assert!(batches.next_batch().await.unwrap().is_none(), "nothing after the error");
+
+        // A reader that stops early stops the decoder with it.
+        let mut batches = ReadAhead::objects(store, vec!["curated/a".into(); 50]);
+        assert!(batches.next_batch().await.unwrap().is_some());
+        let decoder = batches.decoder.abort_handle();
+        drop(batches);
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !decoder.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the decoder ends when its reader is dropped");
     }
 
     #[test]

@@ -248,10 +248,14 @@ async fn allocate(client: &mut Client, request: &StageRequest) -> Result<(i32, S
         .get(0);
     let table = partition_table_name(source_id, version);
     // LIKE copies the columns, NOT NULLs and CHECKs ATTACH requires; done here, in a short
-    // transaction, because it holds a share lock on tripflow.trips until commit.
+    // transaction, because it holds a share lock on tripflow.trips until commit. The source's CHECK,
+    // which lets ATTACH skip its scan, is added while the table is empty: COPY then checks each row
+    // as it arrives, instead of a scan of all of them afterwards.
+    let full = qualified(&table);
+    let literal = sql_literal(source_id)?;
     tx.batch_execute(&format!(
-        "CREATE TABLE {} (LIKE {TRIPS_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
-        qualified(&table)
+        "CREATE TABLE {full} (LIKE {TRIPS_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+         ALTER TABLE {full} ADD CONSTRAINT {table}_source CHECK (source_id IS NOT NULL AND source_id = {literal})"
     ))
     .await
     .map_err(classify)?;
@@ -343,8 +347,14 @@ async fn build(
     let full = qualified(table);
     let tx = client.transaction().await.map_err(classify)?;
     let column_list = TRIP_COLUMNS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
+    // Truncated in this transaction (it is empty), the table takes COPY's FREEZE: rows arrive
+    // frozen, so the index build, ANALYZE and the answers' scans do not each stop to set hint bits
+    // on every page, and no later vacuum rewrites them.
+    tx.batch_execute(&format!("TRUNCATE {full}")).await.map_err(classify)?;
     let sink = tx
-        .copy_in::<_, Bytes>(&format!("COPY {full} ({column_list}) FROM STDIN BINARY"))
+        .copy_in::<_, Bytes>(&format!(
+            "COPY {full} ({column_list}) FROM STDIN WITH (FORMAT binary, FREEZE)"
+        ))
         .await
         .map_err(classify)?;
     futures::pin_mut!(sink);
@@ -366,13 +376,6 @@ async fn build(
         });
     }
 
-    // Proven by the CHECK, ATTACH skips its scan of the partition under the exclusive lock.
-    let literal = sql_literal(source_id)?;
-    tx.batch_execute(&format!(
-        "ALTER TABLE {full} ADD CONSTRAINT {table}_source CHECK (source_id IS NOT NULL AND source_id = {literal})"
-    ))
-    .await
-    .map_err(classify)?;
     // The parent's partitioned indexes, built here so ATTACH adopts them instead of building them.
     let index_defs = tx
         .query(

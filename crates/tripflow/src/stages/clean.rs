@@ -31,7 +31,6 @@ use arrow::array::{
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use futures::TryStreamExt;
 use tracing::info;
 
 use super::{StageContext, Verdict};
@@ -40,7 +39,7 @@ use crate::contract::{self, CanonicalBatch, col};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::handoff::{INGEST, IngestOutput};
-use crate::parquet_io::{ParquetSink, decode_error, open_stream};
+use crate::parquet_io::{ParquetSink, ReadAhead, open_stream};
 use crate::period::Period;
 use crate::progress::{StageProgress, Unit};
 use crate::storage::{Layout, ObjectStore, get_json, put_json};
@@ -263,8 +262,8 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     let mut rows_in = 0u64;
     let progress = StageProgress::begin(ctx.progress.as_ref(), STAGE, Unit::Rows, Some(manifest.output.rows));
     let copied = async {
-        let mut stream = stream;
-        while let Some(batch) = stream.try_next().await.map_err(|e| decode_error(&input.raw_key, e))? {
+        let mut batches = ReadAhead::stream(&input.raw_key, stream);
+        while let Some((_, batch)) = batches.next_batch().await? {
             rows_in += batch.num_rows() as u64;
             progress.advance(batch.num_rows() as u64);
             let canonical = source.canonicalize(&batch)?;

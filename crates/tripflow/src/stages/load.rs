@@ -8,7 +8,6 @@
 //! version or the new one, never both, never none.
 
 use chrono::NaiveDate;
-use futures::TryStreamExt;
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -20,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::handoff::manifest::Manifest;
 use crate::handoff::{self, IntentState, PublishIntent};
 use crate::handoff::{CLEAN, TRANSFORM, TransformOutput};
-use crate::parquet_io::{decode_error, open_stream};
+use crate::parquet_io::ReadAhead;
 use crate::progress::{StageProgress, Unit};
 use crate::storage::{Layout, get_json, md5_of, put_json};
 
@@ -50,18 +49,13 @@ struct CuratedRows<'a> {
 #[async_trait::async_trait]
 impl TripRows for CuratedRows<'_> {
     async fn copy_into(&mut self, out: &mut CopyOut<'_>) -> Result<()> {
-        for entry in &self.manifest.objects {
-            let date = partition_date(&entry.object.key)?;
-            let (_, mut stream) = open_stream(&self.ctx.store, &entry.object.key, None).await?;
-            while let Some(batch) = stream
-                .try_next()
-                .await
-                .map_err(|e| decode_error(&entry.object.key, e))?
-            {
-                binary_copy::encode_batch(&batch, self.source_id, date, out.buffer())?;
-                out.send_if_full().await?;
-                self.progress.advance(batch.num_rows() as u64);
-            }
+        let keys: Vec<String> = self.manifest.objects.iter().map(|o| o.object.key.clone()).collect();
+        let dates = keys.iter().map(|key| partition_date(key)).collect::<Result<Vec<_>>>()?;
+        let mut batches = ReadAhead::objects(self.ctx.store.clone(), keys);
+        while let Some((object, batch)) = batches.next_batch().await? {
+            binary_copy::encode_batch(&batch, self.source_id, dates[object], out.buffer())?;
+            out.send_if_full().await?;
+            self.progress.advance(batch.num_rows() as u64);
         }
         Ok(())
     }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use chrono::{DateTime, Datelike, NaiveDate};
-use futures::TryStreamExt;
 use tracing::info;
 
 use super::{StageContext, Verdict};
@@ -22,7 +21,7 @@ use crate::config::LocationSwaps;
 use crate::contract::{self, col};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
-use crate::parquet_io::{ParquetSink, decode_error, open_stream};
+use crate::parquet_io::{ParquetSink, ReadAhead, open_stream};
 use crate::progress::{StageProgress, Unit};
 use crate::storage::Layout;
 
@@ -169,7 +168,8 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         });
     }
     info!(clean_key = %input.clean_key, "transform started");
-    let (_, mut stream) = open_stream(store, &input.clean_key, None).await?;
+    let (_, stream) = open_stream(store, &input.clean_key, None).await?;
+    let mut batches = ReadAhead::stream(&input.clean_key, stream);
     let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
     let mut swapped = 0u64;
     let mut speed_buckets = vec![0u64; crate::quality::SPEED_BUCKETS];
@@ -180,7 +180,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         Some(manifest.output.rows_kept),
     );
     let written = async {
-        while let Some(batch) = stream.try_next().await.map_err(|e| decode_error(&input.clean_key, e))? {
+        while let Some((_, batch)) = batches.next_batch().await? {
             progress.advance(batch.num_rows() as u64);
             let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
             swapped += swapped_here;
