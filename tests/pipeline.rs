@@ -357,7 +357,56 @@ async fn the_views_agree_with_the_materialized_answers() {
             })
             .collect();
         assert_eq!(weekly, materialized.weekly_top5, "{source_id}");
+
+        // Load counted these as the rows streamed by; the database, over the version's table,
+        // counts the same (the totals to rounding).
+        let current = client
+            .query_one(
+                "SELECT 'tripflow.' || v.partition_table, a.rows_loaded, a.valid_trips, a.total_distance, \
+                        a.total_hours, a.avg_speed_mph, a.slow_trips \
+                 FROM tripflow.versions v JOIN tripflow.monthly_answers a USING (source_id, version) \
+                 WHERE v.source_id = $1 AND v.current",
+                &[&source_id],
+            )
+            .await
+            .unwrap();
+        let table: String = current.get(0);
+        let by_sql = versions::compute_answers(&client, &table, current.get(1))
+            .await
+            .unwrap();
+        assert_eq!(by_sql.valid_trips, current.get::<_, i64>(2), "{source_id}");
+        assert_eq!(by_sql.slow_trips, current.get::<_, i64>(6), "{source_id}");
+        for (sql, streamed) in [
+            (by_sql.total_distance, current.get::<_, Option<f64>>(3)),
+            (by_sql.total_hours, current.get(4)),
+            (by_sql.avg_speed_mph, current.get(5)),
+        ] {
+            let (sql, streamed) = (sql.unwrap(), streamed.unwrap());
+            assert!(
+                (sql - streamed).abs() <= 1e-9 * sql.abs(),
+                "{source_id}: {sql} vs {streamed}"
+            );
+        }
+        let weekly_by_sql: Vec<_> = by_sql
+            .weekly_top5
+            .iter()
+            .map(|w| (w.week, w.rank, w.pu_location_id, w.slow_trips))
+            .collect();
+        let weekly_streamed: Vec<_> = weekly
+            .iter()
+            .map(|w| (w.week, w.rank, w.pu_location_id, w.slow_trips))
+            .collect();
+        assert_eq!(weekly_by_sql, weekly_streamed, "{source_id}");
     }
+    // The answers were streamed, not queried: the transform manifest carried the month's totals.
+    let layout = tripflow::storage::Layout::new("yellow", "2021-03".parse().unwrap());
+    let transform: tripflow::handoff::manifest::Manifest<tripflow::handoff::TransformOutput> =
+        tripflow::storage::get_json(setup.ctx.store.as_ref(), &layout.report_key("transform"))
+            .await
+            .unwrap();
+    let transform = transform.output;
+    let totals = transform.speed_totals.expect("transform hands on its speed totals");
+    assert_eq!(totals.avg_speed_mph(), march.avg_speed_mph);
     // query.sql's recomputation agrees too.
     let statements: Vec<String> = tripflow::db::QUERY_SQL
         .split(';')

@@ -6,6 +6,7 @@
 //! nothing of Lambda: the Lambda binaries and the `tripflow` command are two front doors onto the
 //! same code.
 
+pub mod answers;
 pub mod checksum;
 pub mod config;
 pub mod contract;

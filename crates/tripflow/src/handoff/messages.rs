@@ -259,6 +259,11 @@ pub struct TransformOutput {
     /// as transform writes them; empty in outputs from before it was counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub speed_buckets: Vec<u64>,
+    /// What the month's average speed is made of, added up as transform writes the rows; load
+    /// counts the slow trips against it while it streams them ([`crate::answers`]). `None` in
+    /// outputs from before it was counted: load then asks the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_totals: Option<crate::answers::SpeedTotals>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use super::StageContext;
+use crate::answers::SlowTally;
 use crate::db;
 use crate::db::binary_copy;
-use crate::db::versions::{self, CopyOut, StageRequest, TripRows};
+use crate::db::versions::{self, CopyOut, StageRequest, TripRows, VersionAnswers};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::Manifest;
 use crate::handoff::{self, IntentState, PublishIntent};
@@ -44,6 +45,8 @@ struct CuratedRows<'a> {
     manifest: &'a Manifest<TransformOutput>,
     source_id: &'a str,
     progress: &'a StageProgress<'a>,
+    /// Counts the slow trips as the rows stream by, when transform handed on its totals.
+    slow: Option<SlowTally>,
 }
 
 #[async_trait::async_trait]
@@ -55,9 +58,19 @@ impl TripRows for CuratedRows<'_> {
         while let Some((object, batch)) = batches.next_batch().await? {
             binary_copy::encode_batch(&batch, self.source_id, dates[object], out.buffer())?;
             out.send_if_full().await?;
+            if let Some(slow) = self.slow.as_mut() {
+                slow.add_batch(&batch)?;
+            }
             self.progress.advance(batch.num_rows() as u64);
         }
         Ok(())
+    }
+
+    fn streamed_answers(&mut self, rows_loaded: i64) -> Result<Option<VersionAnswers>> {
+        self.slow
+            .take()
+            .map(|slow| slow.finish(rows_loaded, &self.manifest.output.manifest_key))
+            .transpose()
     }
 }
 
@@ -116,6 +129,7 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
         manifest: &manifest,
         source_id: &source_id,
         progress: &progress,
+        slow: manifest.output.speed_totals.and_then(SlowTally::new),
     };
     let staged = versions::stage_version(client, &request, &mut rows).await?;
     let intent = PublishIntent {

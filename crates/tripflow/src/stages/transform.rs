@@ -17,6 +17,7 @@ use chrono::{DateTime, Datelike, NaiveDate};
 use tracing::info;
 
 use super::{StageContext, Verdict};
+use crate::answers::TotalsTally;
 use crate::config::LocationSwaps;
 use crate::contract::{self, col};
 use crate::error::{Error, Result};
@@ -173,6 +174,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
     let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
     let mut swapped = 0u64;
     let mut speed_buckets = vec![0u64; crate::quality::SPEED_BUCKETS];
+    let mut speed_totals = TotalsTally::default();
     let progress = StageProgress::begin(
         ctx.progress.as_ref(),
         STAGE,
@@ -184,6 +186,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             progress.advance(batch.num_rows() as u64);
             let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
             swapped += swapped_here;
+            speed_totals.add_batch(&curated)?;
             if let Some(speeds) = curated
                 .column_by_name(SPEED_MPH)
                 .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
@@ -255,6 +258,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         source_md5: manifest.output.source_md5.clone(),
         run_id,
         speed_buckets,
+        speed_totals: Some(speed_totals.totals()),
     };
     Manifest::new(STAGE, layout.source_id(), objects, output.clone())
         .started(started_at)

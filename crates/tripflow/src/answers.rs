@@ -1,0 +1,342 @@
+//! The analysts' two answers, computed from the rows as the pipeline streams them, so a load does
+//! not scan its new table three times to find them.
+//!
+//! The slow-trip counts need the month's average first, and a stream is read once; so the work is
+//! split across the two stages that see every curated row:
+//! - transform adds up [`SpeedTotals`] (trips with a distance and a duration, their distances and
+//!   durations) as it writes the curated files, and hands them on in its manifest;
+//! - load, streaming the same rows into COPY, counts the trips slower than that average per ISO week
+//!   and pickup location ([`SlowTally`]), adds the totals up again and refuses the version
+//!   (`IntegrityError`) when its totals and transform's disagree.
+//!
+//! The definitions are those of the SQL views analysts query (`tripflow.monthly_avg_speed`,
+//! `tripflow.weekly_top5_slow_pickups`): a trip counts when `trip_distance > 0 AND duration_s > 0`;
+//! the average is Σ distance / (Σ duration_s / 3600); a trip is slow when its `speed_mph` is below
+//! it; per week the 5 pickup locations with the most slow trips, ties to the lower location ID. The
+//! sums are compensated (Neumaier), so the order rows arrive in moves them by no more than a
+//! rounding error; a test checks every answer against the views.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, Float64Array, Int32Array, RecordBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::contract::col;
+use crate::db::WeeklySlowPickup;
+use crate::db::versions::VersionAnswers;
+use crate::error::{Error, Result};
+use crate::handoff::curated::{DURATION_S, PICKUP_WEEK, SPEED_MPH};
+
+/// Pickup locations per week in the answer.
+pub const TOP_PER_WEEK: usize = 5;
+/// How far transform's and load's sums may drift apart, relative: rounding, never a lost row.
+const SUM_TOLERANCE: f64 = 1e-9;
+
+/// A sum of many floats whose error does not grow with their number (Neumaier's variant of Kahan's).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CompensatedSum {
+    sum: f64,
+    compensation: f64,
+}
+
+impl CompensatedSum {
+    pub fn add(&mut self, value: f64) {
+        let total = self.sum + value;
+        self.compensation += if self.sum.abs() >= value.abs() {
+            (self.sum - total) + value
+        } else {
+            (value - total) + self.sum
+        };
+        self.sum = total;
+    }
+
+    pub fn value(&self) -> f64 {
+        self.sum + self.compensation
+    }
+}
+
+/// What the month's average speed is made of: the trips with a distance and a duration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpeedTotals {
+    pub valid_trips: u64,
+    pub total_distance: f64,
+    pub total_duration_s: f64,
+}
+
+impl SpeedTotals {
+    /// Σ distance / Σ hours, as `tripflow.monthly_avg_speed` computes it; `None` without valid trips.
+    pub fn avg_speed_mph(&self) -> Option<f64> {
+        (self.valid_trips > 0 && self.total_duration_s > 0.0)
+            .then(|| self.total_distance / (self.total_duration_s / 3600.0))
+    }
+
+    fn agrees_with(&self, other: &SpeedTotals) -> bool {
+        let close = |a: f64, b: f64| (a - b).abs() <= SUM_TOLERANCE * a.abs().max(b.abs()).max(1.0);
+        self.valid_trips == other.valid_trips
+            && close(self.total_distance, other.total_distance)
+            && close(self.total_duration_s, other.total_duration_s)
+    }
+}
+
+/// Adds up [`SpeedTotals`] over curated batches.
+#[derive(Debug, Clone, Default)]
+pub struct TotalsTally {
+    valid_trips: u64,
+    distance: CompensatedSum,
+    duration: CompensatedSum,
+}
+
+impl TotalsTally {
+    /// Adds the valid trips of a curated batch.
+    pub fn add_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let (distance, duration) = (float64s(batch, col::TRIP_DISTANCE)?, float64s(batch, DURATION_S)?);
+        for row in 0..batch.num_rows() {
+            if let Some((d, s)) = valid_trip(distance, duration, row) {
+                self.valid_trips += 1;
+                self.distance.add(d);
+                self.duration.add(s);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn totals(&self) -> SpeedTotals {
+        SpeedTotals {
+            valid_trips: self.valid_trips,
+            total_distance: self.distance.value(),
+            total_duration_s: self.duration.value(),
+        }
+    }
+}
+
+/// Load's half: the slow trips per week and pickup location, against the average transform handed on.
+#[derive(Debug, Clone)]
+pub struct SlowTally {
+    expected: SpeedTotals,
+    avg_speed_mph: f64,
+    seen: TotalsTally,
+    slow_trips: i64,
+    by_week_location: HashMap<(i32, i32), i64>,
+}
+
+impl SlowTally {
+    /// `None` when the month has no valid trip: then there is nothing to count.
+    pub fn new(expected: SpeedTotals) -> Option<Self> {
+        Some(SlowTally {
+            avg_speed_mph: expected.avg_speed_mph()?,
+            expected,
+            seen: TotalsTally::default(),
+            slow_trips: 0,
+            by_week_location: HashMap::new(),
+        })
+    }
+
+    pub fn add_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.seen.add_batch(batch)?;
+        let (distance, duration) = (float64s(batch, col::TRIP_DISTANCE)?, float64s(batch, DURATION_S)?);
+        let speed = float64s(batch, SPEED_MPH)?;
+        let week = int32s(batch, PICKUP_WEEK)?;
+        let pickup_location = int32s(batch, col::PU_LOCATION_ID)?;
+        for row in 0..batch.num_rows() {
+            let slow = valid_trip(distance, duration, row).is_some()
+                && speed.is_valid(row)
+                && speed.value(row) < self.avg_speed_mph;
+            if !slow {
+                continue;
+            }
+            self.slow_trips += 1;
+            if pickup_location.is_valid(row) && week.is_valid(row) {
+                *self
+                    .by_week_location
+                    .entry((week.value(row), pickup_location.value(row)))
+                    .or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The version's answers; an `IntegrityError` when the rows streamed do not add up to the
+    /// totals transform wrote them with.
+    pub fn finish(self, rows_loaded: i64, curated_manifest: &str) -> Result<VersionAnswers> {
+        let seen = self.seen.totals();
+        if !seen.agrees_with(&self.expected) {
+            return Err(Error::IntegrityError {
+                key: curated_manifest.to_string(),
+                detail: format!(
+                    "the curated rows add up to {seen:?}, transform wrote them as {:?}",
+                    self.expected
+                ),
+            });
+        }
+        let totals = self.expected;
+        Ok(VersionAnswers {
+            rows_loaded,
+            valid_trips: i64::try_from(totals.valid_trips).unwrap_or(i64::MAX),
+            total_distance: Some(totals.total_distance),
+            total_hours: Some(totals.total_duration_s / 3600.0),
+            avg_speed_mph: Some(self.avg_speed_mph),
+            slow_trips: self.slow_trips,
+            weekly_top5: top_per_week(self.by_week_location),
+        })
+    }
+}
+
+/// Per week, the [`TOP_PER_WEEK`] locations with the most slow trips (ties to the lower ID), ranked
+/// from 1, ordered by week and rank.
+pub fn top_per_week(counts: HashMap<(i32, i32), i64>) -> Vec<WeeklySlowPickup> {
+    let mut rows: Vec<((i32, i32), i64)> = counts.into_iter().collect();
+    rows.sort_by(|((week_a, loc_a), n_a), ((week_b, loc_b), n_b)| {
+        week_a.cmp(week_b).then(n_b.cmp(n_a)).then(loc_a.cmp(loc_b))
+    });
+    let mut out: Vec<WeeklySlowPickup> = Vec::new();
+    for ((week, pu_location_id), slow_trips) in rows {
+        let rank = match out.last() {
+            Some(previous) if previous.week == week => previous.rank + 1,
+            _ => 1,
+        };
+        if rank as usize <= TOP_PER_WEEK {
+            out.push(WeeklySlowPickup {
+                week,
+                rank,
+                pu_location_id,
+                slow_trips,
+                pu_borough: None,
+                pu_zone: None,
+            });
+        }
+    }
+    out
+}
+
+/// A trip's distance and duration when both make a speed (`trip_distance > 0 AND duration_s > 0`).
+fn valid_trip(distance: &Float64Array, duration: &Float64Array, row: usize) -> Option<(f64, f64)> {
+    let (d, s) = (
+        distance.is_valid(row).then(|| distance.value(row))?,
+        duration.is_valid(row).then(|| duration.value(row))?,
+    );
+    (d > 0.0 && s > 0.0).then_some((d, s))
+}
+
+fn float64s<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Float64Array> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+        .ok_or_else(|| Error::schema_drift(name, "not a curated float64 column"))
+}
+
+fn int32s<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Int32Array> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+        .ok_or_else(|| Error::schema_drift(name, "not a curated int32 column"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(rows: &[(Option<f64>, f64, i32, i32)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new(col::TRIP_DISTANCE, DataType::Float64, true),
+            Field::new(DURATION_S, DataType::Float64, false),
+            Field::new(SPEED_MPH, DataType::Float64, true),
+            Field::new(PICKUP_WEEK, DataType::Int32, false),
+            Field::new(col::PU_LOCATION_ID, DataType::Int32, true),
+        ]);
+        let speed = rows
+            .iter()
+            .map(|(d, s, _, _)| crate::stages::transform::speed_mph(*d, *s));
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.0))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Float64Array::from_iter(speed)),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.3))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_compensated_sum_keeps_what_a_naive_one_loses() {
+        let mut sum = CompensatedSum::default();
+        let mut naive = 0.0;
+        for value in [1e16, 1.0, -1e16, 1.0] {
+            sum.add(value);
+            naive += value;
+        }
+        assert_eq!(sum.value(), 2.0);
+        assert_ne!(naive, 2.0);
+    }
+
+    #[test]
+    fn the_average_is_total_distance_over_total_hours_of_trips_with_both() {
+        let mut tally = TotalsTally::default();
+        // 15 miles in 4 hours: 3.75 mph (the mean of the trips' speeds, 10, 2 and 1.5, is 4.5).
+        tally
+            .add_batch(&batch(&[
+                (Some(10.0), 3600.0, 9, 1),
+                (Some(2.0), 3600.0, 9, 2),
+                (Some(3.0), 7200.0, 10, 1),
+                (None, 600.0, 10, 3),
+                (Some(0.0), 600.0, 10, 3),
+            ]))
+            .unwrap();
+        let totals = tally.totals();
+        assert_eq!(totals.valid_trips, 3);
+        assert_eq!(totals.avg_speed_mph(), Some(3.75));
+        assert_eq!(SpeedTotals::default().avg_speed_mph(), None);
+    }
+
+    #[test]
+    fn slow_trips_rank_per_week_with_ties_to_the_lower_location_and_only_five() {
+        // Week 9: locations 1..=7, location n with n slow trips, except 6 and 2 tied at 2.
+        let mut rows = Vec::new();
+        for (location, slow) in [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 2), (7, 7)] {
+            for _ in 0..slow {
+                rows.push((Some(1.0), 3600.0, 9, location)); // 1 mph: slow
+            }
+        }
+        rows.push((Some(100.0), 3600.0, 9, 1)); // fast
+        rows.push((Some(2.0), 3600.0, 10, 8)); // week 10: one slow trip
+        let mut totals = TotalsTally::default();
+        totals.add_batch(&batch(&rows)).unwrap();
+        let mut tally = SlowTally::new(totals.totals()).unwrap();
+        tally.add_batch(&batch(&rows)).unwrap();
+        let answers = tally.finish(rows.len() as i64, "m").unwrap();
+        assert_eq!(answers.slow_trips, 25);
+        let ranked: Vec<(i32, i64, i32, i64)> = answers
+            .weekly_top5
+            .iter()
+            .map(|w| (w.week, w.rank, w.pu_location_id, w.slow_trips))
+            .collect();
+        assert_eq!(
+            ranked,
+            [
+                (9, 1, 7, 7),
+                (9, 2, 5, 5),
+                (9, 3, 4, 4),
+                (9, 4, 3, 3),
+                (9, 5, 2, 2),
+                (10, 1, 8, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_that_do_not_add_up_to_transform_s_totals_are_refused() {
+        let rows = [(Some(1.0), 3600.0, 9, 1), (Some(5.0), 3600.0, 9, 2)];
+        let mut totals = TotalsTally::default();
+        totals.add_batch(&batch(&rows)).unwrap();
+        let mut tally = SlowTally::new(totals.totals()).unwrap();
+        tally.add_batch(&batch(&rows[..1])).unwrap();
+        let err = tally.finish(1, "reports/m/transform.json").unwrap_err();
+        assert_eq!(err.name(), "IntegrityError", "{err}");
+        assert!(SlowTally::new(SpeedTotals::default()).is_none());
+    }
+}
