@@ -4,8 +4,10 @@
 //! `pickup_week`, and writes analyst-ready Parquet into the curated Delta table, one file of the run
 //! per day (`curated/<dataset>/pickup_date=YYYY-MM-DD/part-<run_id>.parquet`). `pickup_date` lives
 //! in the partition path only, as Delta, Glue and Athena expect. The files stay invisible until the
-//! run is published; the run's manifest lists them for load. Writers flush row groups early when
-//! their buffers together pass the memory budget, so memory does not grow with the file.
+//! run is published; the run's manifest lists them for load. The clean file decodes on one task
+//! while the days encode on [`ENCODERS`] others, each owning a share of the days and of the memory
+//! budget: its writers flush row groups early when their buffers together pass its share, so
+//! memory does not grow with the file.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -24,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::parquet_io::{ParquetSink, ReadAhead, open_stream};
 use crate::progress::{StageProgress, Unit};
-use crate::storage::Layout;
+use crate::storage::{Layout, ObjectStore};
 
 pub const STAGE: &str = crate::handoff::TRANSFORM;
 
@@ -126,6 +128,109 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
     Ok((out, dates, swapped))
 }
 
+/// Tasks that encode curated files, each owning a share of the days: with the decoder on its own
+/// task too, both cores stay busy.
+const ENCODERS: usize = 2;
+/// Day batches queued per encoder: enough to keep it busy, little enough memory.
+const ENCODER_QUEUE: usize = 8;
+
+fn encoder_of(date: NaiveDate) -> usize {
+    date.ordinal0() as usize % ENCODERS
+}
+
+enum ToEncoder {
+    Rows(NaiveDate, RecordBatch),
+    /// All rows were handed out: finish the files (true) or throw them away (false).
+    End {
+        finish: bool,
+    },
+}
+
+/// One encoder task: the files of its days, each written as its rows arrive; their buffers
+/// together stay within its share of the write budget by flushing the largest early.
+struct DayEncoder {
+    queue: tokio::sync::mpsc::Sender<ToEncoder>,
+    task: tokio::task::JoinHandle<Result<Vec<ManifestObject>>>,
+}
+
+impl DayEncoder {
+    fn spawn(
+        store: Arc<dyn ObjectStore>,
+        layout: Layout,
+        run_id: String,
+        row_group_rows: usize,
+        buffer_budget: usize,
+    ) -> Self {
+        let (queue, mut received) = tokio::sync::mpsc::channel(ENCODER_QUEUE);
+        let task = tokio::spawn(async move {
+            let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
+            let written = async {
+                loop {
+                    let (date, rows) = match received.recv().await {
+                        Some(ToEncoder::Rows(date, rows)) => (date, rows),
+                        Some(ToEncoder::End { finish }) => return Ok(finish),
+                        // The stage went away without a last word: throw the files away.
+                        None => return Ok(false),
+                    };
+                    let writer = match writers.entry(date) {
+                        Entry::Occupied(open) => open.into_mut(),
+                        Entry::Vacant(slot) => {
+                            let key = layout.curated_key(date, &run_id);
+                            slot.insert(
+                                ParquetSink::create(store.as_ref(), &key, curated_schema(), row_group_rows).await?,
+                            )
+                        }
+                    };
+                    writer.write(&rows).await?;
+                    while writers.values().map(ParquetSink::buffered_bytes).sum::<usize>() > buffer_budget {
+                        let Some(largest) = writers.values_mut().max_by_key(|w| w.buffered_bytes()) else {
+                            break;
+                        };
+                        largest.flush().await?;
+                    }
+                }
+            }
+            .await;
+            if !matches!(written, Ok(true)) {
+                for (_, writer) in writers {
+                    let _ = writer.abort().await;
+                }
+                return written.map(|_| Vec::new());
+            }
+            let mut objects = Vec::with_capacity(writers.len());
+            let mut pending = writers.into_iter();
+            while let Some((_, writer)) = pending.next() {
+                match writer.finish().await {
+                    Ok((object, rows)) => objects.push(ManifestObject { object, rows }),
+                    Err(err) => {
+                        for (_, writer) in pending {
+                            let _ = writer.abort().await;
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+            Ok(objects)
+        });
+        DayEncoder { queue, task }
+    }
+
+    /// Queues a day's rows; false when the encoder has stopped (it failed).
+    async fn send(&self, date: NaiveDate, rows: RecordBatch) -> bool {
+        self.queue.send(ToEncoder::Rows(date, rows)).await.is_ok()
+    }
+
+    /// Ends the encoder: its files finished and published (`finish`), or thrown away.
+    async fn end(self, finish: bool) -> Result<Vec<ManifestObject>> {
+        let _ = self.queue.send(ToEncoder::End { finish }).await;
+        drop(self.queue);
+        match self.task.await {
+            Ok(result) => result,
+            Err(err) => Err(Error::InvalidInput(format!("a curated file encoder stopped: {err}"))),
+        }
+    }
+}
+
 /// Row indices of a batch grouped by pickup date.
 fn group_by_date(dates: &[NaiveDate]) -> BTreeMap<NaiveDate, Vec<u32>> {
     let mut groups: BTreeMap<NaiveDate, Vec<u32>> = BTreeMap::new();
@@ -171,7 +276,17 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
     info!(clean_key = %input.clean_key, "transform started");
     let (_, stream) = open_stream(store, &input.clean_key, None).await?;
     let mut batches = ReadAhead::stream(&input.clean_key, stream);
-    let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
+    let encoders: Vec<DayEncoder> = (0..ENCODERS)
+        .map(|_| {
+            DayEncoder::spawn(
+                store.clone(),
+                layout.clone(),
+                run_id.clone(),
+                ctx.config.row_group_rows,
+                ctx.config.write_buffer_bytes / ENCODERS,
+            )
+        })
+        .collect();
     let mut swapped = 0u64;
     let mut speed_buckets = vec![0u64; crate::quality::SPEED_BUCKETS];
     let mut speed_totals = TotalsTally::default();
@@ -181,7 +296,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         Unit::Rows,
         Some(manifest.output.rows_kept),
     );
-    let written = async {
+    let handed_out = async {
         while let Some((_, batch)) = batches.next_batch().await? {
             progress.advance(batch.num_rows() as u64);
             let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
@@ -196,49 +311,34 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             for (date, rows) in group_by_date(&dates) {
                 let part = take_record_batch(&curated, &UInt32Array::from(rows))
                     .map_err(|e| Error::InvalidInput(e.to_string()))?;
-                let writer = match writers.entry(date) {
-                    Entry::Occupied(open) => open.into_mut(),
-                    Entry::Vacant(slot) => {
-                        let key = layout.curated_key(date, &run_id);
-                        slot.insert(
-                            ParquetSink::create(store.as_ref(), &key, curated_schema(), ctx.config.row_group_rows)
-                                .await?,
-                        )
-                    }
-                };
-                writer.write(&part).await?;
-            }
-            // Keep the sum of all open writers' buffers within budget by flushing the largest.
-            while writers.values().map(ParquetSink::buffered_bytes).sum::<usize>() > ctx.config.write_buffer_bytes {
-                let Some(largest) = writers.values_mut().max_by_key(|w| w.buffered_bytes()) else {
-                    break;
-                };
-                largest.flush().await?;
+                if !encoders[encoder_of(date)].send(date, part).await {
+                    // That encoder failed; what it failed with comes back from `end`.
+                    return Ok(false);
+                }
             }
         }
-        Ok::<_, Error>(())
+        Ok::<_, Error>(true)
     }
     .await;
-    if let Err(err) = written {
-        for (_, writer) in writers {
-            let _ = writer.abort().await;
-        }
-        return Err(err);
-    }
-
-    let mut objects = Vec::with_capacity(writers.len());
-    let mut pending = writers.into_iter();
-    while let Some((_, writer)) = pending.next() {
-        match writer.finish().await {
-            Ok((object, rows)) => objects.push(ManifestObject { object, rows }),
+    // Every encoder is told how the reading ended: all finish their files, or all throw theirs
+    // away; the first error wins.
+    let finish = matches!(handed_out, Ok(true));
+    let mut objects = Vec::new();
+    let mut failure = handed_out.err();
+    for encoder in encoders {
+        match encoder.end(finish).await {
+            Ok(written) => objects.extend(written),
             Err(err) => {
-                for (_, writer) in pending {
-                    let _ = writer.abort().await;
-                }
-                return Err(err);
+                failure.get_or_insert(err);
             }
         }
     }
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    // Load streams the days in date order (the keys sort by their pickup_date= segment).
+    objects.sort_by(|a, b| a.object.key.cmp(&b.object.key));
+
     let rows_curated: u64 = objects.iter().map(|o| o.rows).sum();
     if rows_curated != manifest.output.rows_kept {
         return Err(Error::IntegrityError {
