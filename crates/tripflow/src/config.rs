@@ -38,7 +38,9 @@ pub const ENV_DB_CONNECT_TIMEOUT_S: &str = "TRIPFLOW_DB_CONNECT_TIMEOUT_S";
 pub const DEFAULT_MAX_REJECTED_RATIO: f64 = 0.05;
 /// The source system swaps these two zones (known defect); transform swaps them back.
 pub const DEFAULT_LOCATION_SWAPS: &str = "161:237";
-pub const DEFAULT_WRITE_BUFFER_MB: usize = 64;
+/// 32 MiB, by measurement: 64 gave no faster transform on a 1.93 M-row month (1.3 s either way)
+/// and 80 MiB more peak RSS; 16 cost 25% more CPU in early flushes.
+pub const DEFAULT_WRITE_BUFFER_MB: usize = 32;
 pub const DEFAULT_MAX_TRIP_HOURS: f64 = 24.0;
 pub const DEFAULT_MAX_SPEED_MPH: f64 = 100.0;
 pub const DEFAULT_MIN_KEPT_SHARE: f64 = 0.5;
