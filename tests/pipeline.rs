@@ -542,6 +542,35 @@ async fn loads_of_two_months_beside_a_query_loop_finish_without_deadlock() {
 }
 
 #[tokio::test]
+async fn a_load_whose_rows_do_not_add_up_to_transform_s_totals_is_refused_and_changes_nothing() {
+    let setup = Setup::new().await;
+    let source = setup.generate("2021-03", 10_000, 53);
+    let summary = setup.run(&source, None).await.unwrap();
+    let next = setup.prepare_load(&source).await;
+    let before = setup.snapshot().await;
+    // The run's transform manifest says the month drove one mile more than its rows did.
+    let store = setup.ctx.store.as_ref();
+    let mut manifest: serde_json::Value = tripflow::storage::get_json(store, &next.manifest_key).await.unwrap();
+    let distance = &mut manifest["output"]["speed_totals"]["total_distance"];
+    *distance = serde_json::json!(distance.as_f64().expect("transform wrote its totals") + 1.0);
+    tripflow::storage::put_json(store, &next.manifest_key, &manifest)
+        .await
+        .unwrap();
+
+    let mut client = setup.pg.client().await;
+    let err = load::run(&setup.ctx, &mut client, next).await.unwrap_err();
+    assert_eq!(err.name(), "IntegrityError", "{err}");
+    assert!(err.to_string().contains("add up"), "{err}");
+    assert_eq!(setup.snapshot().await, before);
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "failed".to_string())]
+    );
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+}
+
+#[tokio::test]
 async fn a_swap_blocked_by_a_long_query_times_out_and_leaves_the_current_version() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 10_000, 51);
