@@ -42,7 +42,7 @@ pub use tripflow::stages::transform::TransformInput;
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let settings = LogSettings::from_lookup(|name| std::env::var(name).ok());
-    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(settings.directive()).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
@@ -75,7 +75,23 @@ impl LogSettings {
         let json = !set("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("text"));
         LogSettings { level, json }
     }
+
+    /// The filter: the configured level, with delta-rs and its kernel held at `warn` unless the
+    /// configuration names them. At INFO they log every snapshot, scan and commit: some sixty lines
+    /// per publish, against tripflow's own twenty for a whole run.
+    pub fn directive(&self) -> String {
+        let level = self.level.as_str();
+        let already_quiet = ["warn", "error", "off"].contains(&level);
+        if already_quiet || QUIET_DEPENDENCIES.iter().any(|target| level.contains(target)) {
+            return level.to_string();
+        }
+        let quiet: Vec<String> = QUIET_DEPENDENCIES.iter().map(|t| format!("{t}=warn")).collect();
+        format!("{level},{}", quiet.join(","))
+    }
 }
+
+/// Dependencies whose INFO lines are bookkeeping, not news.
+const QUIET_DEPENDENCIES: [&str; 3] = ["deltalake_core", "buoyant_kernel", "buoyant_kernel_engine"];
 
 /// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL` (moto, LocalStack) as
 /// aws-config resolves them from the environment.
@@ -110,5 +126,25 @@ mod log_tests {
         assert!(!settings(&[("AWS_LAMBDA_LOG_FORMAT", "Text")]).json);
         assert!(settings(&[("AWS_LAMBDA_LOG_FORMAT", "JSON")]).json);
         assert!(settings(&[("AWS_LAMBDA_LOG_FORMAT", "")]).json);
+    }
+
+    #[test]
+    fn delta_rs_bookkeeping_stays_at_warn_unless_asked_for() {
+        assert_eq!(
+            settings(&[]).directive(),
+            "info,deltalake_core=warn,buoyant_kernel=warn,buoyant_kernel_engine=warn"
+        );
+        assert_eq!(
+            settings(&[("AWS_LAMBDA_LOG_LEVEL", "DEBUG")]).directive(),
+            "debug,deltalake_core=warn,buoyant_kernel=warn,buoyant_kernel_engine=warn"
+        );
+        assert_eq!(settings(&[("AWS_LAMBDA_LOG_LEVEL", "ERROR")]).directive(), "error");
+        assert_eq!(
+            settings(&[("RUST_LOG", "info,deltalake_core=debug")]).directive(),
+            "info,deltalake_core=debug"
+        );
+        for settings in [settings(&[]), settings(&[("RUST_LOG", "tripflow=trace")])] {
+            assert!(tracing_subscriber::EnvFilter::try_new(settings.directive()).is_ok());
+        }
     }
 }
