@@ -542,6 +542,38 @@ async fn loads_of_two_months_beside_a_query_loop_finish_without_deadlock() {
 }
 
 #[tokio::test]
+async fn a_curated_file_damaged_after_transform_fails_the_load_in_its_one_read_and_changes_nothing() {
+    let setup = Setup::new().await;
+    let source = setup.generate("2021-03", 10_000, 54);
+    let summary = setup.run(&source, None).await.unwrap();
+    let next = setup.prepare_load(&source).await;
+    let before = setup.snapshot().await;
+    let manifest: tripflow::handoff::manifest::Manifest<tripflow::handoff::TransformOutput> =
+        tripflow::storage::get_json(setup.ctx.store.as_ref(), &next.manifest_key)
+            .await
+            .unwrap();
+    // The last day: the COPY is well under way when its file is read.
+    let damaged = &manifest.objects.last().unwrap().object.key;
+    let path = setup.dir.path().join("zones").join(damaged);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let mut client = setup.pg.client().await;
+    let err = load::run(&setup.ctx, &mut client, next).await.unwrap_err();
+    assert_eq!(err.name(), "IntegrityError", "{err}");
+    assert!(err.to_string().contains(damaged.as_str()), "{err}");
+    assert!(err.to_string().contains("MD5"), "{err}");
+    assert_eq!(setup.snapshot().await, before);
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "failed".to_string())]
+    );
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+}
+
+#[tokio::test]
 async fn a_load_whose_rows_do_not_add_up_to_transform_s_totals_is_refused_and_changes_nothing() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 10_000, 53);

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
 use parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter};
 use parquet::basic::{Compression, ZstdLevel};
@@ -19,7 +19,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 
 use crate::error::{Error, Result};
-use crate::storage::{ObjectInfo, ObjectSink, ObjectStore};
+use crate::storage::{ObjectInfo, ObjectSink, ObjectStore, read_verified};
 
 const MAGIC: &[u8; 4] = b"PAR1";
 /// Footers of TLC files are a few KiB; one 64 KiB GET almost always fetches the whole of it.
@@ -187,20 +187,31 @@ impl ReadAhead {
         })
     }
 
-    /// The batches of several whole objects, one object after the other, so the decoder runs on
-    /// into the next object while the reader still works on the last batches of this one.
-    pub fn objects(store: Arc<dyn ObjectStore>, keys: Vec<String>) -> Self {
-        let what = keys.first().cloned().unwrap_or_default();
+    /// The batches of several whole objects of our own zones, each read in one GET that also checks
+    /// it against the size and MD5 its manifest recorded ([`read_verified`]): every object is read
+    /// once, and no row of one that fails the check is decoded. For objects small enough to hold
+    /// (a day of curated trips).
+    pub fn verified_objects(store: Arc<dyn ObjectStore>, objects: Vec<ObjectInfo>) -> Self {
+        let what = objects.first().map(|o| o.key.clone()).unwrap_or_default();
         Self::start(what, move |sender| async move {
-            for (index, key) in keys.iter().enumerate() {
-                match open_stream(&store, key, None).await {
-                    Ok((_, stream)) => {
-                        if !decode_into(&sender, index, key, stream).await {
-                            return;
-                        }
-                    }
+            for (index, object) in objects.iter().enumerate() {
+                let decoded = match read_verified(store.as_ref(), object).await {
+                    Ok(bytes) => ParquetRecordBatchReaderBuilder::try_new(bytes)
+                        .and_then(|builder| builder.with_batch_size(BATCH_ROWS).build())
+                        .map_err(|e| decode_error(&object.key, e)),
+                    Err(err) => Err(err),
+                };
+                let batches = match decoded {
+                    Ok(batches) => batches,
                     Err(err) => {
                         let _ = sender.send(Err(err)).await;
+                        return;
+                    }
+                };
+                for batch in batches {
+                    let item = batch.map(|b| (index, b)).map_err(|e| damaged(&object.key, e));
+                    let failed = item.is_err();
+                    if sender.send(item).await.is_err() || failed {
                         return;
                     }
                 }
@@ -463,7 +474,7 @@ mod tests {
         );
     }
 
-    async fn write_ints(store: &dyn ObjectStore, key: &str, values: std::ops::Range<i32>) {
+    async fn write_ints(store: &dyn ObjectStore, key: &str, values: std::ops::Range<i32>) -> ObjectInfo {
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
             "n",
             arrow::datatypes::DataType::Int32,
@@ -476,17 +487,21 @@ mod tests {
         .unwrap();
         let mut sink = ParquetSink::create(store, key, schema, 2 * BATCH_ROWS).await.unwrap();
         sink.write(&batch).await.unwrap();
-        sink.finish().await.unwrap();
+        sink.finish().await.unwrap().0
     }
 
     #[tokio::test]
     async fn read_ahead_yields_every_batch_of_every_object_in_order_then_the_first_error() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(crate::storage::LocalStore::open(dir.path()).unwrap());
-        write_ints(store.as_ref(), "curated/a", 0..(BATCH_ROWS as i32 + 5)).await;
-        write_ints(store.as_ref(), "curated/b", 0..7).await;
-        let keys = ["curated/a", "curated/b", "curated/missing", "curated/a"].map(String::from);
-        let mut batches = ReadAhead::objects(store.clone(), keys.to_vec());
+        let a = write_ints(store.as_ref(), "curated/a", 0..(BATCH_ROWS as i32 + 5)).await;
+        let b = write_ints(store.as_ref(), "curated/b", 0..7).await;
+        let missing = ObjectInfo {
+            key: "curated/missing".into(),
+            ..b.clone()
+        };
+        let objects = vec![a.clone(), b.clone(), missing, a.clone()];
+        let mut batches = ReadAhead::verified_objects(store.clone(), objects);
         let mut seen = Vec::new();
         let err = loop {
             match batches.next_batch().await {
@@ -496,11 +511,22 @@ mod tests {
             }
         };
         assert_eq!(seen, [(0, BATCH_ROWS), (0, 5), (1, 7)]);
-        assert_eq!(err.name(), "ObjectNotFound", "{err}");
+        assert_eq!(err.name(), "IntegrityError", "{err}");
+        assert!(err.to_string().contains("missing"), "{err}");
         assert!(batches.next_batch().await.unwrap().is_none(), "nothing after the error");
 
+        // An object that is not what its manifest says yields no row at all.
+        let claimed = ObjectInfo {
+            md5: "0".repeat(32),
+            ..b.clone()
+        };
+        let mut batches = ReadAhead::verified_objects(store.clone(), vec![claimed]);
+        let err = batches.next_batch().await.unwrap_err();
+        assert_eq!(err.name(), "IntegrityError", "{err}");
+        assert!(err.to_string().contains("MD5"), "{err}");
+
         // A reader that stops early stops the decoder with it.
-        let mut batches = ReadAhead::objects(store, vec!["curated/a".into(); 50]);
+        let mut batches = ReadAhead::verified_objects(store, vec![a; 50]);
         assert!(batches.next_batch().await.unwrap().is_some());
         let decoder = batches.decoder.abort_handle();
         drop(batches);

@@ -354,8 +354,8 @@ async fn build(
     let tx = client.transaction().await.map_err(classify)?;
     let column_list = TRIP_COLUMNS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
     // Truncated in this transaction (it is empty), the table takes COPY's FREEZE: rows arrive
-    // frozen, so the index build, ANALYZE and the answers' scans do not each stop to set hint bits
-    // on every page, and no later vacuum rewrites them.
+    // frozen, so neither the index build nor ANALYZE (nor the answers' scans, where they run)
+    // stops to set hint bits on every page, and no later vacuum rewrites them.
     tx.batch_execute(&format!("TRUNCATE {full}")).await.map_err(classify)?;
     let sink = tx
         .copy_in::<_, Bytes>(&format!(

@@ -1,11 +1,12 @@
 //! **load.** Puts the curated rows of one source into PostgreSQL (Aurora in AWS, a local cluster for
-//! `tripflow run`) as a new version, never deleting the old one, then publishes the run. Checks every
-//! curated object against the run's transform manifest, applies pending schema migrations, builds the
-//! new version as its own table (binary COPY, count check against the curated count, indexes,
-//! `ANALYZE`, answers; see [`crate::db::versions`]), then hands the run to [`crate::handoff::publish`]:
-//! the lake tables' commits and the database swap. A `LoadCountMismatch`, a timeout or any other
-//! failure before the publish leaves every zone and the database as they were; readers see the old
-//! version or the new one, never both, never none.
+//! `tripflow run`) as a new version, never deleting the old one, then publishes the run. Applies
+//! pending schema migrations, builds the new version as its own table (binary COPY, count check
+//! against the curated count, indexes, `ANALYZE`, answers; see [`crate::db::versions`]), checking
+//! every curated object against the run's transform manifest in the same GET that reads it for the
+//! COPY, then hands the run to [`crate::handoff::publish`]: the lake tables' commits and the database
+//! swap. A damaged object, a `LoadCountMismatch`, a timeout or any other failure before the publish
+//! leaves every zone and the database as they were; readers see the old version or the new one,
+//! never both, never none.
 
 use chrono::NaiveDate;
 use tokio_postgres::Client;
@@ -22,7 +23,7 @@ use crate::handoff::{self, IntentState, PublishIntent};
 use crate::handoff::{CLEAN, TRANSFORM, TransformOutput};
 use crate::parquet_io::ReadAhead;
 use crate::progress::{StageProgress, Unit};
-use crate::storage::{Layout, get_json, md5_of, put_json};
+use crate::storage::{Layout, ObjectInfo, get_json, md5_of, put_json};
 
 pub const STAGE: &str = crate::handoff::LOAD;
 
@@ -52,9 +53,14 @@ struct CuratedRows<'a> {
 #[async_trait::async_trait]
 impl TripRows for CuratedRows<'_> {
     async fn copy_into(&mut self, out: &mut CopyOut<'_>) -> Result<()> {
-        let keys: Vec<String> = self.manifest.objects.iter().map(|o| o.object.key.clone()).collect();
-        let dates = keys.iter().map(|key| partition_date(key)).collect::<Result<Vec<_>>>()?;
-        let mut batches = ReadAhead::objects(self.ctx.store.clone(), keys);
+        let objects: Vec<ObjectInfo> = self.manifest.objects.iter().map(|o| o.object.clone()).collect();
+        let dates = objects
+            .iter()
+            .map(|o| partition_date(&o.key))
+            .collect::<Result<Vec<_>>>()?;
+        // Each file is checked against the manifest in the same GET that reads it: a damaged one
+        // fails the COPY, and with it the version, before anything is published.
+        let mut batches = ReadAhead::verified_objects(self.ctx.store.clone(), objects);
         while let Some((object, batch)) = batches.next_batch().await? {
             binary_copy::encode_batch(&batch, self.source_id, dates[object], out.buffer())?;
             out.send_if_full().await?;
@@ -112,7 +118,6 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
         Err(err) => return Err(err),
     }
 
-    manifest.verify_objects(store.as_ref()).await?;
     let manifest_md5 = md5_of(store.as_ref(), &input.manifest_key).await?.md5;
     let rows_curated = manifest.output.rows_curated;
     let request = StageRequest {

@@ -151,6 +151,8 @@ enum ToEncoder {
 struct DayEncoder {
     queue: tokio::sync::mpsc::Sender<ToEncoder>,
     task: tokio::task::JoinHandle<Result<Vec<ManifestObject>>>,
+    /// Where its files go, for the error should the task itself die.
+    prefix: String,
 }
 
 impl DayEncoder {
@@ -162,6 +164,7 @@ impl DayEncoder {
         buffer_budget: usize,
     ) -> Self {
         let (queue, mut received) = tokio::sync::mpsc::channel(ENCODER_QUEUE);
+        let prefix = layout.curated_prefix();
         let task = tokio::spawn(async move {
             let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
             let written = async {
@@ -212,7 +215,7 @@ impl DayEncoder {
             }
             Ok(objects)
         });
-        DayEncoder { queue, task }
+        DayEncoder { queue, task, prefix }
     }
 
     /// Queues a day's rows; false when the encoder has stopped (it failed).
@@ -226,7 +229,10 @@ impl DayEncoder {
         drop(self.queue);
         match self.task.await {
             Ok(result) => result,
-            Err(err) => Err(Error::InvalidInput(format!("a curated file encoder stopped: {err}"))),
+            Err(err) => Err(Error::ParquetWriteFailed {
+                key: self.prefix,
+                detail: format!("an encoder task stopped: {err}"),
+            }),
         }
     }
 }
