@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use arrow::array::{Array, Float64Array, Int32Array, RecordBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::contract::col;
+use crate::contract::{col, typed_column};
 use crate::db::WeeklySlowPickup;
 use crate::db::versions::VersionAnswers;
 use crate::error::{Error, Result};
@@ -78,26 +78,51 @@ impl SpeedTotals {
     }
 }
 
-/// Adds up [`SpeedTotals`] over curated batches.
+/// Adds up [`SpeedTotals`] over curated batches; transform's also counts the speed distribution
+/// the quality report draws, in the same pass.
 #[derive(Debug, Clone, Default)]
 pub struct TotalsTally {
     valid_trips: u64,
     distance: CompensatedSum,
     duration: CompensatedSum,
+    speed_buckets: Option<Vec<u64>>,
 }
 
 impl TotalsTally {
-    /// Adds the valid trips of a curated batch.
+    /// A tally that also counts speeds into [`crate::quality::SPEED_BUCKETS`] buckets.
+    pub fn counting_speeds() -> Self {
+        TotalsTally {
+            speed_buckets: Some(vec![0; crate::quality::SPEED_BUCKETS]),
+            ..TotalsTally::default()
+        }
+    }
+
+    /// Adds the valid trips of a curated batch (and, when counting, every speed it has).
     pub fn add_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        let (distance, duration) = (float64s(batch, col::TRIP_DISTANCE)?, float64s(batch, DURATION_S)?);
+        let distance = typed_column::<Float64Array>(batch, col::TRIP_DISTANCE)?;
+        let duration = typed_column::<Float64Array>(batch, DURATION_S)?;
+        let speed = match self.speed_buckets {
+            Some(_) => Some(typed_column::<Float64Array>(batch, SPEED_MPH)?),
+            None => None,
+        };
         for row in 0..batch.num_rows() {
             if let Some((d, s)) = valid_trip(distance, duration, row) {
-                self.valid_trips += 1;
-                self.distance.add(d);
-                self.duration.add(s);
+                self.add_trip(d, s);
+            }
+            if let (Some(buckets), Some(speed)) = (self.speed_buckets.as_mut(), speed)
+                && speed.is_valid(row)
+            {
+                let bucket = crate::quality::speed_bucket(speed.value(row), buckets.len());
+                buckets[bucket] += 1;
             }
         }
         Ok(())
+    }
+
+    fn add_trip(&mut self, distance: f64, duration_s: f64) {
+        self.valid_trips += 1;
+        self.distance.add(distance);
+        self.duration.add(duration_s);
     }
 
     pub fn totals(&self) -> SpeedTotals {
@@ -106,6 +131,11 @@ impl TotalsTally {
             total_distance: self.distance.value(),
             total_duration_s: self.duration.value(),
         }
+    }
+
+    /// The speed distribution counted so far; empty for a tally made without [`Self::counting_speeds`].
+    pub fn speed_buckets(&self) -> Vec<u64> {
+        self.speed_buckets.clone().unwrap_or_default()
     }
 }
 
@@ -131,17 +161,19 @@ impl SlowTally {
         })
     }
 
+    /// Counts the slow trips of a curated batch, adding its valid trips up as it goes.
     pub fn add_batch(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.seen.add_batch(batch)?;
-        let (distance, duration) = (float64s(batch, col::TRIP_DISTANCE)?, float64s(batch, DURATION_S)?);
-        let speed = float64s(batch, SPEED_MPH)?;
-        let week = int32s(batch, PICKUP_WEEK)?;
-        let pickup_location = int32s(batch, col::PU_LOCATION_ID)?;
+        let distance = typed_column::<Float64Array>(batch, col::TRIP_DISTANCE)?;
+        let duration = typed_column::<Float64Array>(batch, DURATION_S)?;
+        let speed = typed_column::<Float64Array>(batch, SPEED_MPH)?;
+        let week = typed_column::<Int32Array>(batch, PICKUP_WEEK)?;
+        let pickup_location = typed_column::<Int32Array>(batch, col::PU_LOCATION_ID)?;
         for row in 0..batch.num_rows() {
-            let slow = valid_trip(distance, duration, row).is_some()
-                && speed.is_valid(row)
-                && speed.value(row) < self.avg_speed_mph;
-            if !slow {
+            let Some((d, s)) = valid_trip(distance, duration, row) else {
+                continue;
+            };
+            self.seen.add_trip(d, s);
+            if !(speed.is_valid(row) && speed.value(row) < self.avg_speed_mph) {
                 continue;
             }
             self.slow_trips += 1;
@@ -217,20 +249,6 @@ fn valid_trip(distance: &Float64Array, duration: &Float64Array, row: usize) -> O
     (d > 0.0 && s > 0.0).then_some((d, s))
 }
 
-fn float64s<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Float64Array> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
-        .ok_or_else(|| Error::schema_drift(name, "not a curated float64 column"))
-}
-
-fn int32s<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Int32Array> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-        .ok_or_else(|| Error::schema_drift(name, "not a curated int32 column"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,7 +294,7 @@ mod tests {
 
     #[test]
     fn the_average_is_total_distance_over_total_hours_of_trips_with_both() {
-        let mut tally = TotalsTally::default();
+        let mut tally = TotalsTally::counting_speeds();
         // 15 miles in 4 hours: 3.75 mph (the mean of the trips' speeds, 10, 2 and 1.5, is 4.5).
         tally
             .add_batch(&batch(&[
@@ -291,6 +309,11 @@ mod tests {
         assert_eq!(totals.valid_trips, 3);
         assert_eq!(totals.avg_speed_mph(), Some(3.75));
         assert_eq!(SpeedTotals::default().avg_speed_mph(), None);
+        // Speeds 10, 2 and 1.5 mph in the 2 mph buckets 5, 1 and 0; the trips without one nowhere.
+        let buckets = tally.speed_buckets();
+        assert_eq!((buckets[0], buckets[1], buckets[5]), (1, 1, 1));
+        assert_eq!(buckets.iter().sum::<u64>(), 3);
+        assert!(TotalsTally::default().speed_buckets().is_empty());
     }
 
     #[test]

@@ -156,6 +156,23 @@ pub mod col {
     pub const AIRPORT_FEE: &str = "airport_fee";
 }
 
+/// A column of a canonical (or curated) batch as its concrete array type. A batch that lacks it or
+/// types it otherwise did not come through the contract: `SchemaDrift`, naming what was found.
+pub fn typed_column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    let column = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::schema_drift(name, "no such column in the batch"))?;
+    column.as_any().downcast_ref::<T>().ok_or_else(|| {
+        Error::schema_drift(
+            name,
+            format!(
+                "{} where the pipeline's own schema has another type",
+                column.data_type()
+            ),
+        )
+    })
+}
+
 fn canonical_type(kind: Kind) -> DataType {
     match kind {
         Kind::Id | Kind::Count => DataType::Int32,
@@ -417,6 +434,22 @@ mod tests {
     use arrow::array::{
         Array, Float64Array, Int32Array, Int64Array, TimestampMicrosecondArray, TimestampNanosecondArray,
     };
+
+    #[test]
+    fn a_column_missing_or_of_another_type_is_schema_drift_naming_what_was_found() {
+        let schema = Schema::new(vec![Field::new(col::TRIP_DISTANCE, DataType::Int32, true)]);
+        let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Int32Array::from(vec![1]))]).unwrap();
+        assert_eq!(
+            typed_column::<Int32Array>(&batch, col::TRIP_DISTANCE).unwrap().value(0),
+            1
+        );
+        let mistyped = typed_column::<Float64Array>(&batch, col::TRIP_DISTANCE).unwrap_err();
+        assert_eq!(mistyped.name(), "SchemaDrift");
+        assert!(mistyped.to_string().contains("Int32"), "{mistyped}");
+        let missing = typed_column::<Float64Array>(&batch, col::FARE_AMOUNT).unwrap_err();
+        assert_eq!(missing.name(), "SchemaDrift");
+        assert!(missing.to_string().contains(col::FARE_AMOUNT), "{missing}");
+    }
 
     fn fields_2021() -> Vec<Field> {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, None);

@@ -122,16 +122,11 @@ pub async fn write_current(store: &dyn ObjectStore, client: &Client, layout: &La
     write(store, client, layout, &record).await
 }
 
-/// Adds each speed to its [`SPEED_BUCKET_MPH`] bucket, the last one open-ended; nulls (no
-/// distance) count nowhere. The same buckets as [`speed_buckets_in_database`].
-pub fn count_speeds(buckets: &mut [u64], speeds: &arrow::array::Float64Array) {
-    let last = buckets.len().saturating_sub(1);
-    for speed in speeds.iter().flatten() {
-        let bucket = (speed / SPEED_BUCKET_MPH).floor().max(0.0) as usize;
-        if let Some(slot) = buckets.get_mut(bucket.min(last)) {
-            *slot += 1;
-        }
-    }
+/// The [`SPEED_BUCKET_MPH`] bucket a speed falls in, of `buckets`, the last one open-ended: the same
+/// buckets as [`speed_buckets_in_database`]. Transform counts them as it writes
+/// ([`crate::answers::TotalsTally::counting_speeds`]); null speeds (no distance) count nowhere.
+pub fn speed_bucket(speed_mph: f64, buckets: usize) -> usize {
+    ((speed_mph / SPEED_BUCKET_MPH).floor().max(0.0) as usize).min(buckets.saturating_sub(1))
 }
 
 /// The speed distribution of `source_id`'s current version, counted by PostgreSQL.
@@ -590,12 +585,8 @@ mod tests {
 
     #[test]
     fn speeds_fall_in_two_mph_buckets_the_last_open_ended() {
-        let mut buckets = vec![0u64; SPEED_BUCKETS];
-        let speeds =
-            arrow::array::Float64Array::from(vec![Some(0.0), Some(1.99), Some(2.0), None, Some(61.0), Some(1e6)]);
-        count_speeds(&mut buckets, &speeds);
-        assert_eq!((buckets[0], buckets[1], buckets[SPEED_BUCKETS - 1]), (2, 1, 2));
-        assert_eq!(buckets.iter().sum::<u64>(), 5, "the null counts nowhere");
+        let buckets = [0.0, 1.99, 2.0, 61.0, 1e6].map(|speed| speed_bucket(speed, SPEED_BUCKETS));
+        assert_eq!(buckets, [0, 0, 1, SPEED_BUCKETS - 1, SPEED_BUCKETS - 1]);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tracing::info;
 
 use super::{StageContext, Verdict};
 use crate::config::RuleLimits;
-use crate::contract::{self, CanonicalBatch, col};
+use crate::contract::{self, CanonicalBatch, col, typed_column};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::handoff::{INGEST, IngestOutput};
@@ -126,13 +126,6 @@ pub fn classify(trip: &Trip, rules: &Rules) -> Option<RejectReason> {
     None
 }
 
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, expected: &str) -> Result<&'a T> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| Error::schema_drift(name, format!("not a canonical {expected} column")))
-}
-
 /// The money columns whose non-finite values poison sums (`non_finite`).
 const MONEY: [&str; 5] = [
     col::FARE_AMOUNT,
@@ -149,14 +142,14 @@ pub fn split_batch(
     counts: &mut RejectCounts,
 ) -> Result<(RecordBatch, RecordBatch)> {
     let batch = &canonical.batch;
-    let pickup = column::<TimestampMicrosecondArray>(batch, col::PICKUP_AT, "timestamp")?;
-    let dropoff = column::<TimestampMicrosecondArray>(batch, col::DROPOFF_AT, "timestamp")?;
-    let distance = column::<Float64Array>(batch, col::TRIP_DISTANCE, "float64")?;
-    let pu = column::<Int32Array>(batch, col::PU_LOCATION_ID, "int32")?;
-    let do_ = column::<Int32Array>(batch, col::DO_LOCATION_ID, "int32")?;
+    let pickup = typed_column::<TimestampMicrosecondArray>(batch, col::PICKUP_AT)?;
+    let dropoff = typed_column::<TimestampMicrosecondArray>(batch, col::DROPOFF_AT)?;
+    let distance = typed_column::<Float64Array>(batch, col::TRIP_DISTANCE)?;
+    let pu = typed_column::<Int32Array>(batch, col::PU_LOCATION_ID)?;
+    let do_ = typed_column::<Int32Array>(batch, col::DO_LOCATION_ID)?;
     let money = MONEY
         .iter()
-        .map(|name| column::<Float64Array>(batch, name, "float64"))
+        .map(|name| typed_column::<Float64Array>(batch, name))
         .collect::<Result<Vec<_>>>()?;
     let out_of_range = |mask: &Option<BooleanArray>, row: usize| mask.as_ref().is_some_and(|m| m.value(row));
 

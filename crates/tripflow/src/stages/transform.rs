@@ -21,7 +21,7 @@ use tracing::info;
 use super::{StageContext, Verdict};
 use crate::answers::TotalsTally;
 use crate::config::LocationSwaps;
-use crate::contract::{self, col};
+use crate::contract::{self, col, typed_column};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::parquet_io::{ParquetSink, ReadAhead, open_stream};
@@ -41,30 +41,15 @@ pub fn speed_mph(distance_miles: Option<f64>, duration_s: f64) -> Option<f64> {
     }
 }
 
-fn int32s(batch: &RecordBatch, name: &str) -> Result<Int32Array> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned())
-        .ok_or_else(|| Error::schema_drift(name, "not a canonical int32 column"))
-}
-
 /// The transform of one clean batch, and the pickup date of each of its rows.
 pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(RecordBatch, Vec<NaiveDate>, u64)> {
-    let ts = |name: &str| {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-            .ok_or_else(|| Error::schema_drift(name, "not a canonical timestamp column"))
-    };
-    let (pickup, dropoff) = (ts(col::PICKUP_AT)?, ts(col::DROPOFF_AT)?);
-    let distance = batch
-        .column_by_name(col::TRIP_DISTANCE)
-        .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
-        .ok_or_else(|| Error::schema_drift(col::TRIP_DISTANCE, "not a canonical float64 column"))?;
+    let pickup = typed_column::<TimestampMicrosecondArray>(batch, col::PICKUP_AT)?;
+    let dropoff = typed_column::<TimestampMicrosecondArray>(batch, col::DROPOFF_AT)?;
+    let distance = typed_column::<Float64Array>(batch, col::TRIP_DISTANCE)?;
 
     let mut swapped = 0u64;
     let mut swap_column = |name: &str| -> Result<ArrayRef> {
-        let ids = int32s(batch, name)?;
+        let ids = typed_column::<Int32Array>(batch, name)?;
         let out: Int32Array = ids
             .iter()
             .map(|id| {
@@ -294,8 +279,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         })
         .collect();
     let mut swapped = 0u64;
-    let mut speed_buckets = vec![0u64; crate::quality::SPEED_BUCKETS];
-    let mut speed_totals = TotalsTally::default();
+    let mut speed_totals = TotalsTally::counting_speeds();
     let progress = StageProgress::begin(
         ctx.progress.as_ref(),
         STAGE,
@@ -308,12 +292,6 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
             swapped += swapped_here;
             speed_totals.add_batch(&curated)?;
-            if let Some(speeds) = curated
-                .column_by_name(SPEED_MPH)
-                .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
-            {
-                crate::quality::count_speeds(&mut speed_buckets, speeds);
-            }
             for (date, rows) in group_by_date(&dates) {
                 let part = take_record_batch(&curated, &UInt32Array::from(rows))
                     .map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -363,7 +341,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         location_ids_swapped: swapped,
         source_md5: manifest.output.source_md5.clone(),
         run_id,
-        speed_buckets,
+        speed_buckets: speed_totals.speed_buckets(),
         speed_totals: Some(speed_totals.totals()),
     };
     Manifest::new(STAGE, layout.source_id(), objects, output.clone())
@@ -421,20 +399,24 @@ mod tests {
         let (out, dates, swapped) = transform_batch(&batch, &LocationSwaps::default()).unwrap();
         assert_eq!(swapped, 3);
         assert_eq!(
-            int32s(&out, col::PU_LOCATION_ID).unwrap().values().to_vec(),
+            typed_column::<Int32Array>(&out, col::PU_LOCATION_ID)
+                .unwrap()
+                .values()
+                .to_vec(),
             vec![237, 100]
         );
         assert_eq!(
-            int32s(&out, col::DO_LOCATION_ID).unwrap().values().to_vec(),
+            typed_column::<Int32Array>(&out, col::DO_LOCATION_ID)
+                .unwrap()
+                .values()
+                .to_vec(),
             vec![161, 237]
         );
-        assert_eq!(int32s(&out, PICKUP_WEEK).unwrap().values().to_vec(), vec![9, 10]);
-        let speed = out
-            .column_by_name(SPEED_MPH)
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
+        assert_eq!(
+            typed_column::<Int32Array>(&out, PICKUP_WEEK).unwrap().values().to_vec(),
+            vec![9, 10]
+        );
+        let speed = typed_column::<Float64Array>(&out, SPEED_MPH).unwrap();
         assert_eq!(speed.value(0), 12.0);
         assert!(speed.is_null(1));
         assert_eq!(
