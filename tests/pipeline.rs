@@ -541,65 +541,99 @@ async fn loads_of_two_months_beside_a_query_loop_finish_without_deadlock() {
     );
 }
 
+/// A month loaded once (version 1) and its next load prepared but not yet run: where every test of a
+/// load that must be refused without changing anything readers see begins.
+struct LoadToRefuse {
+    setup: Setup,
+    summary: tripflow::pipeline::RunSummary,
+    next: load::LoadInput,
+    before: tripflow_tests::local::Snapshot,
+}
+
+impl LoadToRefuse {
+    async fn new(rows: usize, seed: u64) -> Self {
+        let setup = Setup::new().await;
+        let source = setup.generate("2021-03", rows, seed);
+        let summary = setup.run(&source, None).await.unwrap();
+        let next = setup.prepare_load(&source).await;
+        let before = setup.snapshot().await;
+        LoadToRefuse {
+            setup,
+            summary,
+            next,
+            before,
+        }
+    }
+
+    /// Runs the prepared load, which must fail as `error_name`, and checks that readers see what
+    /// they saw before: every zone as it was, version 1 current with its rows and answers, version 2
+    /// failed and its table gone. Returns the error for the test's own checks of its message.
+    async fn refused_as(self, error_name: &str) -> Error {
+        let LoadToRefuse {
+            setup,
+            summary,
+            next,
+            before,
+        } = self;
+        let source_id = "yellow/2021-03";
+        let mut client = setup.pg.client().await;
+        let err = load::run(&setup.ctx, &mut client, next).await.unwrap_err();
+        assert_eq!(err.name(), error_name, "{err}");
+        assert_eq!(setup.snapshot().await, before, "no zone and no lake table changed");
+        assert_eq!(
+            states(&client, source_id).await,
+            [(1, "current".to_string()), (2, "failed".to_string())]
+        );
+        assert!(!table_exists(&client, &versions::partition_table_name(source_id, 2)).await);
+        assert_eq!(
+            setup.pg.trip_count(source_id).await as u64,
+            summary.rows_loaded,
+            "version 1's rows intact"
+        );
+        let answers = tripflow::db::answers(&client, source_id).await.unwrap();
+        assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+        assert_eq!(answers.weekly_top5, summary.weekly_top5);
+        err
+    }
+}
+
 #[tokio::test]
 async fn a_curated_file_damaged_after_transform_fails_the_load_in_its_one_read_and_changes_nothing() {
-    let setup = Setup::new().await;
-    let source = setup.generate("2021-03", 10_000, 54);
-    let summary = setup.run(&source, None).await.unwrap();
-    let next = setup.prepare_load(&source).await;
-    let before = setup.snapshot().await;
+    let refused = LoadToRefuse::new(10_000, 54).await;
+    let store = refused.setup.ctx.store.as_ref();
     let manifest: tripflow::handoff::manifest::Manifest<tripflow::handoff::TransformOutput> =
-        tripflow::storage::get_json(setup.ctx.store.as_ref(), &next.manifest_key)
+        tripflow::storage::get_json(store, &refused.next.manifest_key)
             .await
             .unwrap();
     // The last day: the COPY is well under way when its file is read.
-    let damaged = &manifest.objects.last().unwrap().object.key;
-    let path = setup.dir.path().join("zones").join(damaged);
+    let damaged = manifest.objects.last().unwrap().object.key.clone();
+    let path = refused.setup.dir.path().join("zones").join(&damaged);
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
 
-    let mut client = setup.pg.client().await;
-    let err = load::run(&setup.ctx, &mut client, next).await.unwrap_err();
-    assert_eq!(err.name(), "IntegrityError", "{err}");
+    let err = refused.refused_as("IntegrityError").await;
     assert!(err.to_string().contains(damaged.as_str()), "{err}");
     assert!(err.to_string().contains("MD5"), "{err}");
-    assert_eq!(setup.snapshot().await, before);
-    assert_eq!(
-        states(&client, "yellow/2021-03").await,
-        [(1, "current".to_string()), (2, "failed".to_string())]
-    );
-    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
 }
 
 #[tokio::test]
 async fn a_load_whose_rows_do_not_add_up_to_transform_s_totals_is_refused_and_changes_nothing() {
-    let setup = Setup::new().await;
-    let source = setup.generate("2021-03", 10_000, 53);
-    let summary = setup.run(&source, None).await.unwrap();
-    let next = setup.prepare_load(&source).await;
-    let before = setup.snapshot().await;
+    let refused = LoadToRefuse::new(10_000, 53).await;
     // The run's transform manifest says the month drove one mile more than its rows did.
-    let store = setup.ctx.store.as_ref();
-    let mut manifest: serde_json::Value = tripflow::storage::get_json(store, &next.manifest_key).await.unwrap();
+    let store = refused.setup.ctx.store.as_ref();
+    let mut manifest: serde_json::Value = tripflow::storage::get_json(store, &refused.next.manifest_key)
+        .await
+        .unwrap();
     let distance = &mut manifest["output"]["speed_totals"]["total_distance"];
     *distance = serde_json::json!(distance.as_f64().expect("transform wrote its totals") + 1.0);
-    tripflow::storage::put_json(store, &next.manifest_key, &manifest)
+    tripflow::storage::put_json(store, &refused.next.manifest_key, &manifest)
         .await
         .unwrap();
 
-    let mut client = setup.pg.client().await;
-    let err = load::run(&setup.ctx, &mut client, next).await.unwrap_err();
-    assert_eq!(err.name(), "IntegrityError", "{err}");
+    let err = refused.refused_as("IntegrityError").await;
     assert!(err.to_string().contains("add up"), "{err}");
-    assert_eq!(setup.snapshot().await, before);
-    assert_eq!(
-        states(&client, "yellow/2021-03").await,
-        [(1, "current".to_string()), (2, "failed".to_string())]
-    );
-    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
-    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
 }
 
 #[tokio::test]
@@ -1148,35 +1182,14 @@ async fn a_raw_file_changed_after_ingest_is_an_integrity_error() {
 
 #[tokio::test]
 async fn a_count_mismatch_rolls_back_and_keeps_the_previous_load() {
-    let setup = Setup::new().await;
-    let source = setup.generate("2021-03", 8_000, 6);
-    let summary = setup.run(&source, None).await.unwrap();
-    let input = setup.prepare_load(&source).await;
-    let before = setup.snapshot().await;
+    let refused = LoadToRefuse::new(8_000, 6).await;
     // Claim one more curated row than the files hold: the database count cannot match.
-    let manifest_path = setup.dir.path().join("zones").join(&input.manifest_key);
+    let manifest_path = refused.setup.dir.path().join("zones").join(&refused.next.manifest_key);
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    manifest["output"]["rows_curated"] = serde_json::json!(summary.rows_curated + 1);
+    manifest["output"]["rows_curated"] = serde_json::json!(refused.summary.rows_curated + 1);
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
 
-    let mut client = setup.pg.client().await;
-    let err = load::run(&setup.ctx, &mut client, input).await.unwrap_err();
-    assert_eq!(err.name(), "LoadCountMismatch");
-    assert_eq!(setup.snapshot().await, before, "no zone and no table changed");
-    assert_eq!(
-        setup.pg.trip_count("yellow/2021-03").await as u64,
-        summary.rows_loaded,
-        "previous rows intact"
-    );
-    // The previous version stays current with its answers; the refused one left no table.
-    assert_eq!(
-        states(&client, "yellow/2021-03").await,
-        [(1, "current".to_string()), (2, "failed".to_string())]
-    );
-    assert!(!table_exists(&client, &versions::partition_table_name("yellow/2021-03", 2)).await);
-    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
-    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
-    assert_eq!(answers.weekly_top5, summary.weekly_top5);
+    refused.refused_as("LoadCountMismatch").await;
 }
 
 // ---------------------------------------------------------------------------------------------
