@@ -1181,6 +1181,35 @@ async fn a_raw_file_changed_after_ingest_is_an_integrity_error() {
 }
 
 #[tokio::test]
+async fn a_clean_file_changed_after_clean_fails_transform_as_an_integrity_error_and_writes_nothing() {
+    let setup = Setup::new().await;
+    let source = setup.generate("2021-03", 20_000, 12);
+    let summary = setup.run(&source, None).await.unwrap();
+    // One bit in the middle of the clean file: its pages may still decode, its MD5 cannot match.
+    let clean = setup.dir.path().join("zones").join(&summary.clean.clean_key);
+    let mut bytes = std::fs::read(&clean).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&clean, bytes).unwrap();
+    let curated_before = setup.keys("curated/").await;
+
+    let transformed = tripflow::stages::transform::run(
+        &setup.ctx,
+        tripflow::stages::transform::TransformInput {
+            dataset: "yellow".into(),
+            period: "2021-03".parse().unwrap(),
+            clean_key: summary.clean.clean_key.clone(),
+            manifest_key: summary.clean.manifest_key.clone(),
+        },
+    )
+    .await;
+    let err = transformed.unwrap_err();
+    assert_eq!(err.name(), "IntegrityError", "{err}");
+    assert!(err.to_string().contains("MD5"), "{err}");
+    assert_eq!(setup.keys("curated/").await, curated_before, "no curated file written");
+}
+
+#[tokio::test]
 async fn a_count_mismatch_rolls_back_and_keeps_the_previous_load() {
     let refused = LoadToRefuse::new(8_000, 6).await;
     // Claim one more curated row than the files hold: the database count cannot match.

@@ -9,7 +9,8 @@ runs, interleaved, RUNS times each, every contender as a whole process under /us
   duckdb-1file  the same into one file (zstd level 1): DuckDB's fastest configuration
   polars-part   Polars, partitioned like duckdb-part
   copy          PostgreSQL's server-side binary COPY of the same curated rows, unindexed table
-and prints the medians and the ratios issue 8 sets targets for.
+and prints the medians and the ratios issue 8 sets targets for. With --lambda-dir it also measures
+each Lambda bootstrap's size and init time (lambda_init.py).
 """
 import argparse
 import json
@@ -56,6 +57,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-10x", action="store_true")
     ap.add_argument("--work", default=None)
+    ap.add_argument("--lambda-dir", help="the host's release Lambda binaries: their init times")
+    ap.add_argument("--lambda-arm64-dir", help="the arm64 release Lambda binaries: their sizes")
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="tripflow-bench-"))
@@ -121,6 +124,11 @@ def main():
                    for k, v in samples.items()}
             stage_med = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
             results[label] = (rows, med, stage_med)
+        lambda_checks = []
+        if args.lambda_dir:
+            import lambda_init
+
+            lambda_checks = lambda_init.report(args.lambda_dir, args.lambda_arm64_dir, fresh_database(), 11)
     finally:
         subprocess.run([args.bin, "db", "stop", "--data-dir", cluster], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
@@ -129,10 +137,10 @@ def main():
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
-    report(results, args.runs)
+    report(results, args.runs, lambda_checks)
 
 
-def report(results, runs):
+def report(results, runs, lambda_checks):
     print(f"\ntripflow beside its anchors: medians of {runs} interleaved runs, whole processes, "
           f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     for label, (rows, med, st) in results.items():
@@ -158,6 +166,7 @@ def report(results, runs):
             ("10x whole run / 1x whole run", med10["tripflow"][0] / med["tripflow"][0], 10.5),
             ("10x peak RSS / 1x peak RSS", med10["tripflow"][1] / med["tripflow"][1], 1.1),
         ]
+    checks += lambda_checks
     print(f"\n  {'target':<48} {'measured':>9} {'at most':>8}")
     for name, value, limit in checks:
         print(f"  {name:<48} {value:>9.2f} {limit:>8.2f}  {'met' if value <= limit else 'MISSED'}")

@@ -442,6 +442,76 @@ impl ParquetSink {
     }
 }
 
+/// Batches a [`SinkTask`] may hold queued before the stage producing them waits.
+const SINK_QUEUE_BATCHES: usize = 2;
+
+/// A [`ParquetSink`] encoding on a task of its own, so a stage's encoding runs beside the work that
+/// produces its rows (on the other core) instead of taking turns with it.
+pub struct SinkTask {
+    key: String,
+    queue: tokio::sync::mpsc::Sender<RecordBatch>,
+    task: Option<tokio::task::JoinHandle<Result<ParquetSink>>>,
+}
+
+impl SinkTask {
+    pub fn spawn(mut sink: ParquetSink) -> Self {
+        let key = sink.key.clone();
+        let (queue, mut received) = tokio::sync::mpsc::channel::<RecordBatch>(SINK_QUEUE_BATCHES);
+        let task = tokio::spawn(async move {
+            while let Some(batch) = received.recv().await {
+                if let Err(err) = sink.write(&batch).await {
+                    let _ = sink.abort().await;
+                    return Err(err);
+                }
+            }
+            Ok(sink)
+        });
+        SinkTask {
+            key,
+            queue,
+            task: Some(task),
+        }
+    }
+
+    /// Queues a batch; the encoder's own error once it has failed.
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if self.queue.send(batch).await.is_ok() {
+            return Ok(());
+        }
+        match self.task.take() {
+            Some(task) => Err(Self::joined(&self.key, task.await)
+                .err()
+                .unwrap_or_else(|| write_error(&self.key, ParquetError::General("the encoder stopped early".into())))),
+            None => Err(write_error(
+                &self.key,
+                ParquetError::General("the encoder failed".into()),
+            )),
+        }
+    }
+
+    /// Waits until every queued batch is encoded and hands the sink back, to finish or abort.
+    pub async fn into_sink(self) -> Result<ParquetSink> {
+        let SinkTask { key, queue, task } = self;
+        drop(queue);
+        match task {
+            Some(task) => Self::joined(&key, task.await),
+            None => Err(write_error(&key, ParquetError::General("the encoder failed".into()))),
+        }
+    }
+
+    fn joined(
+        key: &str,
+        joined: std::result::Result<Result<ParquetSink>, tokio::task::JoinError>,
+    ) -> Result<ParquetSink> {
+        joined.unwrap_or_else(|err| {
+            Err(Error::ParquetWriteFailed {
+                key: key.to_string(),
+                detail: format!("the encoder task stopped: {err}"),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +558,68 @@ mod tests {
         let mut sink = ParquetSink::create(store, key, schema, 2 * BATCH_ROWS).await.unwrap();
         sink.write(&batch).await.unwrap();
         sink.finish().await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn a_sink_task_encodes_every_batch_in_order_and_hands_back_its_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::storage::LocalStore::open(dir.path()).unwrap());
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "n",
+            arrow::datatypes::DataType::Int32,
+            false,
+        )]));
+        let ints = |range: std::ops::Range<i32>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(arrow::array::Int32Array::from_iter_values(range))],
+            )
+            .unwrap()
+        };
+        let sink = ParquetSink::create(store.as_ref(), "clean/t", schema.clone(), BATCH_ROWS)
+            .await
+            .unwrap();
+        let mut encoder = SinkTask::spawn(sink);
+        for start in (0..10).map(|i| i * 1000) {
+            encoder.write(ints(start..start + 1000)).await.unwrap();
+        }
+        let (object, rows) = encoder.into_sink().await.unwrap().finish().await.unwrap();
+        assert_eq!(rows, 10_000);
+        let mut batches = ReadAhead::verified_objects(store.clone(), vec![object]);
+        let mut values = Vec::new();
+        while let Some((_, batch)) = batches.next_batch().await.unwrap() {
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int32Array>()
+                .unwrap();
+            values.extend(column.values().iter().copied());
+        }
+        assert_eq!(values, (0..10_000).collect::<Vec<_>>());
+
+        // A batch the file cannot take fails the encoder; its error comes back, and no file appears.
+        let other = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "n",
+            arrow::datatypes::DataType::Utf8,
+            false,
+        )]));
+        let text = RecordBatch::try_new(other, vec![Arc::new(arrow::array::StringArray::from(vec!["x"]))]).unwrap();
+        let sink = ParquetSink::create(store.as_ref(), "clean/u", schema.clone(), BATCH_ROWS)
+            .await
+            .unwrap();
+        let mut encoder = SinkTask::spawn(sink);
+        let failed = async {
+            encoder.write(text).await?;
+            for _ in 0..SINK_QUEUE_BATCHES + 2 {
+                encoder.write(ints(0..10)).await?;
+            }
+            encoder.into_sink().await.map(|_| ())
+        }
+        .await;
+        let err = failed.unwrap_err();
+        assert_eq!(err.name(), "ParquetWriteFailed", "{err}");
+        assert!(err.to_string().contains("clean/u"), "{err}");
+        assert!(!dir.path().join("clean/u").exists());
     }
 
     #[tokio::test]

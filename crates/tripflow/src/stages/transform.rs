@@ -255,7 +255,21 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             detail: format!("not listed in the clean manifest {}", input.manifest_key),
         });
     };
-    crate::storage::verify_object(store.as_ref(), &clean_entry.object).await?;
+    // The clean object is checked against its manifest (size and MD5) by a read of its own that
+    // runs beside the decoding instead of before it. Nothing this stage writes is kept unless the
+    // check passes, and its error wins over any the decoding met on a damaged object.
+    let check = tokio::spawn({
+        let (store, object) = (store.clone(), clean_entry.object.clone());
+        async move { crate::storage::verify_object(store.as_ref(), &object).await }
+    });
+    let checked = |check: tokio::task::JoinHandle<Result<()>>| async {
+        check.await.unwrap_or_else(|err| {
+            Err(Error::IntegrityError {
+                key: input.clean_key.clone(),
+                detail: format!("the check against the clean manifest stopped: {err}"),
+            })
+        })
+    };
 
     let run_id = manifest.output.run_id.clone();
     if run_id.is_empty() {
@@ -265,7 +279,10 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         });
     }
     info!(clean_key = %input.clean_key, "transform started");
-    let (_, stream) = open_stream(store, &input.clean_key, None).await?;
+    let stream = match open_stream(store, &input.clean_key, None).await {
+        Ok((_, stream)) => stream,
+        Err(err) => return Err(checked(check).await.err().unwrap_or(err)),
+    };
     let mut batches = ReadAhead::stream(&input.clean_key, stream);
     let encoders: Vec<DayEncoder> = (0..ENCODERS)
         .map(|_| {
@@ -305,10 +322,11 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
     }
     .await;
     // Every encoder is told how the reading ended: all finish their files, or all throw theirs
-    // away; the first error wins.
-    let finish = matches!(handed_out, Ok(true));
+    // away; the check's error first, then the first other.
+    let check = checked(check).await;
+    let finish = check.is_ok() && matches!(handed_out, Ok(true));
     let mut objects = Vec::new();
-    let mut failure = handed_out.err();
+    let mut failure = check.err().or(handed_out.err());
     for encoder in encoders {
         match encoder.end(finish).await {
             Ok(written) => objects.extend(written),
