@@ -201,8 +201,14 @@ async fn the_load_handler_checks_the_glue_table_and_loads_the_month_into_postgre
 
     // The load published the run on S3: every lake table is a Delta table whose log lists exactly
     // the run's files for the month (delta-rs committing through moto's conditional puts).
-    let store = world.store();
+    let store = state.stage.ctx.store.clone();
     let month = "2021-03".parse().unwrap();
+    // The other stages' store never opens a Delta table: their binaries leave delta-rs out.
+    let without_lake = tripflow::lake::live_files(world.store().as_ref(), &tripflow::lake::tables("yellow")[0], month)
+        .await
+        .unwrap_err();
+    assert_eq!(without_lake.name(), "InvalidInput", "{without_lake}");
+    assert!(without_lake.to_string().contains("with_lake"), "{without_lake}");
     for table in tripflow::lake::tables("yellow") {
         let live = tripflow::lake::live_files(store.as_ref(), &table, month).await.unwrap();
         assert!(!live.is_empty(), "{} has no live files", table.root());

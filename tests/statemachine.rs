@@ -196,17 +196,13 @@ impl Setup {
         }
         create_topic(&moto).await;
 
-        let stage = |config: PipelineConfig| {
-            StageState::from_parts(
-                &sdk,
-                StageEnv {
-                    bucket: BUCKET.to_string(),
-                    pipeline: config,
-                    s3_timeouts: tripflow_aws::s3::S3Timeouts::default(),
-                    lease_ttl: tripflow::lease::DEFAULT_TTL,
-                },
-            )
+        let env = |config: PipelineConfig| StageEnv {
+            bucket: BUCKET.to_string(),
+            pipeline: config,
+            s3_timeouts: tripflow_aws::s3::S3Timeouts::default(),
+            lease_ttl: tripflow::lease::DEFAULT_TTL,
         };
+        let stage = |config: PipelineConfig| StageState::from_parts(&sdk, env(config));
         let ingest = Arc::new(stage(PipelineConfig::default()));
         let clean = Arc::new(stage(clean_config));
         let transform = Arc::new(stage(PipelineConfig::default()));
@@ -214,7 +210,7 @@ impl Setup {
             .await
             .unwrap();
         let load = Arc::new(LoadState {
-            stage: stage(PipelineConfig::default()),
+            stage: StageState::from_parts_with_lake(&sdk, env(PipelineConfig::default())),
             db,
             catalog: None,
         });
@@ -733,7 +729,7 @@ async fn two_executions_of_the_same_month_at_once_run_one_after_the_other_and_en
     );
 
     // The run that published last is current in PostgreSQL and in every Delta table on S3.
-    let store = tripflow_aws::s3::S3Store::from_sdk(&setup.sdk, &Default::default(), BUCKET);
+    let store = tripflow_aws::s3::S3Store::from_sdk(&setup.sdk, &Default::default(), BUCKET).with_lake();
     let current: tripflow::stages::load::LoadOutput =
         tripflow::storage::get_json(&store, "reports/yellow/2021-03/load.json")
             .await

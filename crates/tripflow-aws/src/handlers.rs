@@ -82,8 +82,20 @@ impl StageState {
         Ok(Self::from_parts(&sdk, env))
     }
 
+    /// A stage's state over S3, without the lake: ingest, clean and transform write files but
+    /// never open a Delta table (load publishes), so their binaries leave delta-rs out.
     pub fn from_parts(sdk: &aws_config::SdkConfig, env: StageEnv) -> Self {
-        let store = S3Store::from_sdk(sdk, &env.s3_timeouts, env.bucket);
+        let store = S3Store::from_sdk(sdk, &env.s3_timeouts, env.bucket.clone());
+        Self::with_store(store, env)
+    }
+
+    /// The state of the stage that publishes (load): its store opens the Delta tables.
+    pub fn from_parts_with_lake(sdk: &aws_config::SdkConfig, env: StageEnv) -> Self {
+        let store = S3Store::from_sdk(sdk, &env.s3_timeouts, env.bucket.clone()).with_lake();
+        Self::with_store(store, env)
+    }
+
+    fn with_store(store: S3Store, env: StageEnv) -> Self {
         StageState {
             ctx: StageContext::new(Arc::new(store.clone()), env.pipeline),
             lease_ttl: env.lease_ttl,
@@ -236,7 +248,7 @@ impl LoadState {
             .glue
             .map(|table| CatalogCheck::new(glue_client(sdk, &env.stage.s3_timeouts), table));
         Ok(LoadState {
-            stage: StageState::from_parts(sdk, env.stage),
+            stage: StageState::from_parts_with_lake(sdk, env.stage),
             db,
             catalog,
         })

@@ -48,6 +48,9 @@ pub struct S3Store {
     /// Multipart uploads open right now (upload id → key), shared by every sink of this store, so
     /// a shutdown can abort them ([`S3Store::abort_in_flight`]).
     in_flight: InFlight,
+    /// Registers delta-rs's `s3://` handlers before a Delta table is opened; `None` for a store
+    /// built without [`S3Store::with_lake`].
+    lake_schemes: Option<fn()>,
 }
 
 type InFlight = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
@@ -66,7 +69,20 @@ impl S3Store {
             credentials: None,
             timeouts: S3Timeouts::default(),
             in_flight: InFlight::default(),
+            lake_schemes: None,
         }
+    }
+
+    /// The same store, able to open the Delta tables (`lake_location`). Only the functions that
+    /// publish (load) need it: delta-rs's S3 handlers are most of a bootstrap's size, and a binary
+    /// that never calls this does not link them.
+    pub fn with_lake(mut self) -> Self {
+        fn register_lake_schemes() {
+            static SCHEMES: std::sync::Once = std::sync::Once::new();
+            SCHEMES.call_once(|| deltalake_aws::register_handlers(None));
+        }
+        self.lake_schemes = Some(register_lake_schemes);
+        self
     }
 
     /// A store with its S3 client built from `sdk` (see [`s3_client`]); the Delta tables are reached
@@ -229,8 +245,13 @@ impl ObjectStore for S3Store {
     /// timeouts. Commits use conditional puts (`If-None-Match`), so no lock table is needed.
     async fn lake_location(&self, prefix: &str) -> Result<tripflow::lake::LakeLocation> {
         use aws_sdk_s3::config::ProvideCredentials;
-        static SCHEMES: std::sync::Once = std::sync::Once::new();
-        SCHEMES.call_once(|| deltalake_aws::register_handlers(None));
+        let Some(register_lake_schemes) = self.lake_schemes else {
+            return Err(Error::InvalidInput(format!(
+                "s3://{}/{prefix}: this store was built without the lake (S3Store::with_lake)",
+                self.bucket
+            )));
+        };
+        register_lake_schemes();
 
         let url = url::Url::parse(&format!("s3://{}/{prefix}", self.bucket))
             .map_err(|e| Error::InvalidInput(format!("s3://{}/{prefix} is not a URL: {e}", self.bucket)))?;
