@@ -210,6 +210,13 @@ fn parse_ratio(raw: &str) -> std::result::Result<f64, String> {
     tripflow::config::parse_ratio(raw).ok_or_else(|| format!("{raw:?} is not a number from 0 to 1"))
 }
 
+/// jemalloc, configured in `.cargo/config.toml` (two arenas, freed pages returned within 100 ms):
+/// measured on a generated month, peak RSS of a whole `run` fell from 237-277 MiB with glibc's
+/// malloc (which keeps every stage's freed buffers) to 150-152 MiB, the run's time within the noise.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
