@@ -225,9 +225,12 @@ impl ObjectStore for LocalStore {
             NEXT.fetch_add(1, Ordering::Relaxed),
             crate::period::file_name_of(key)
         ));
-        let file = fs::File::create(&staging)
-            .await
-            .map_err(|e| Error::io("creating", key, e))?;
+        // Created without an await: tokio's create runs on the blocking pool and finishes even when
+        // the future awaiting it is dropped (a run interrupted by a signal), which left a staging
+        // file with no sink to remove it. Between this call and the sink that owns the file there
+        // is now no point at which the future can be dropped.
+        let file = std::fs::File::create(&staging).map_err(|e| Error::io("creating", key, e))?;
+        let file = fs::File::from_std(file);
         Ok(Box::new(LocalSink {
             key: key.to_string(),
             target,
