@@ -181,6 +181,11 @@ async fn rerun_leaves_one_current_version_and_keeps_the_previous_one_detached() 
     let (v1, v2) = (&history[0].partition_table, &history[1].partition_table);
     assert!(!is_attached(&client, v1).await, "the previous version is detached");
     assert!(is_attached(&client, v2).await);
+    assert_eq!(
+        indexes_of(&client, v2).await,
+        [("brin".to_string(), "pickup_date".to_string(), true)],
+        "the load built the parent's BRIN index on its table, and ATTACH adopted it instead of building another"
+    );
     assert_eq!(rows_in(&client, v1).await as u64, first.rows_loaded, "and kept whole");
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, first.rows_loaded);
     assert_eq!(history[1].source_md5.as_deref(), Some(first.md5.as_str()));
@@ -437,7 +442,7 @@ async fn migrations_applied_twice_are_a_no_op_and_recorded_once() {
     let mut applied = ra.unwrap();
     applied.extend(rb.unwrap());
     applied.sort();
-    assert_eq!(applied, [1, 2], "each migration applied by exactly one of the two");
+    assert_eq!(applied, [1, 2, 3], "each migration applied by exactly one of the two");
     assert!(tripflow::db::migrate(&mut a).await.unwrap().is_empty());
     let recorded: Vec<(i32, String)> = a
         .query(
@@ -449,7 +454,14 @@ async fn migrations_applied_twice_are_a_no_op_and_recorded_once() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(recorded, [(1, "versioned_trips".to_string()), (2, "zones".to_string())]);
+    assert_eq!(
+        recorded,
+        [
+            (1, "versioned_trips".to_string()),
+            (2, "zones".to_string()),
+            (3, "pickup_date_brin".to_string())
+        ]
+    );
     let zones: i64 = a
         .query_one("SELECT count(*) FROM tripflow.zones", &[])
         .await
@@ -903,6 +915,28 @@ async fn is_attached(client: &tokio_postgres::Client, table: &str) -> bool {
         .await
         .unwrap()
         .get(0)
+}
+
+/// The indexes of a version's table: (access method, columns, whether it is a partition of one of
+/// `tripflow.trips`'s partitioned indexes).
+async fn indexes_of(client: &tokio_postgres::Client, table: &str) -> Vec<(String, String, bool)> {
+    let name = qualified(table);
+    client
+        .query(
+            "SELECT am.amname::text, \
+                    (SELECT string_agg(a.attname::text, ',' ORDER BY k.n) \
+                     FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum), \
+                    EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid) \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam \
+             WHERE i.indrelid = to_regclass($1) ORDER BY 1, 2",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
 }
 
 async fn rows_in(client: &tokio_postgres::Client, table: &str) -> i64 {

@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0001_versioned_trips.sql"),
     ),
     (2, "zones", include_str!("../../migrations/0002_zones.sql")),
+    (
+        3,
+        "pickup_date_brin",
+        include_str!("../../migrations/0003_pickup_date_brin.sql"),
+    ),
 ];
 /// TLC's taxi zone lookup as shipped (`data/taxi_zone_lookup.csv`); migration 2 holds the same rows.
 pub const ZONES_CSV: &str = include_str!("../../../../data/taxi_zone_lookup.csv");
