@@ -17,6 +17,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::storage::{ObjectInfo, ObjectSink, ObjectStore, read_verified};
@@ -364,12 +365,27 @@ impl AsyncFileWriter for SinkWriter {
 /// TODO upstream); readers verify them wherever a file has them. Our own objects are guarded
 /// instead by the MD5 each manifest records and each stage re-checks before reading.
 pub fn writer_properties(max_row_group_rows: usize) -> WriterProperties {
-    WriterProperties::builder()
+    let builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_max_row_group_row_count(Some(max_row_group_rows))
-        .set_created_by(format!("tripflow {}", env!("CARGO_PKG_VERSION")))
+        .set_created_by(format!("tripflow {}", env!("CARGO_PKG_VERSION")));
+    UNIQUE_VALUED_COLUMNS
+        .iter()
+        .fold(builder, |builder, column| {
+            builder.set_column_dictionary_enabled(ColumnPath::from(*column), false)
+        })
         .build()
 }
+
+/// Columns whose values are nearly all distinct (the timestamps, to the second, and the speed): a
+/// dictionary of them is as large as the values, and building it hashes every value and holds a
+/// table per open file, for nothing. They are written plain and left to zstd. Every other column
+/// repeats a few hundred or thousand values and keeps its dictionary.
+const UNIQUE_VALUED_COLUMNS: [&str; 3] = [
+    crate::contract::col::PICKUP_AT,
+    crate::contract::col::DROPOFF_AT,
+    crate::handoff::curated::SPEED_MPH,
+];
 
 /// A Parquet file being written to the store; all-or-nothing.
 pub struct ParquetSink {
@@ -558,6 +574,24 @@ mod tests {
         let mut sink = ParquetSink::create(store, key, schema, 2 * BATCH_ROWS).await.unwrap();
         sink.write(&batch).await.unwrap();
         sink.finish().await.unwrap().0
+    }
+
+    #[test]
+    fn only_the_columns_of_repeated_values_get_a_dictionary() {
+        use crate::contract::col;
+        let props = writer_properties(BATCH_ROWS);
+        let dictionary = |column: &str| props.dictionary_enabled(&ColumnPath::from(column));
+        for column in [col::PICKUP_AT, col::DROPOFF_AT, crate::handoff::curated::SPEED_MPH] {
+            assert!(!dictionary(column), "{column}");
+        }
+        for column in [
+            col::PU_LOCATION_ID,
+            col::TRIP_DISTANCE,
+            col::FARE_AMOUNT,
+            col::PAYMENT_TYPE,
+        ] {
+            assert!(dictionary(column), "{column}");
+        }
     }
 
     #[tokio::test]
