@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::fs;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{ByteStream, Expect, ObjectInfo, ObjectSink, ObjectStore, Tagged};
 use crate::checksum::Md5Counter;
@@ -230,12 +230,11 @@ impl ObjectStore for LocalStore {
         // file with no sink to remove it. Between this call and the sink that owns the file there
         // is now no point at which the future can be dropped.
         let file = std::fs::File::create(&staging).map_err(|e| Error::io("creating", key, e))?;
-        let file = fs::File::from_std(file);
         Ok(Box::new(LocalSink {
             key: key.to_string(),
             target,
             staging,
-            file,
+            file: Some(file),
             md5: Md5Counter::new(),
         }))
     }
@@ -380,36 +379,59 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + '
         .map_err(|e| Error::io("waiting for", "a file operation", std::io::Error::other(e.to_string())))?
 }
 
+/// A local object being written. Each chunk (a whole row group, from a Parquet writer) is written
+/// from where it lies by a task on the blocking pool, which borrows the file for the write: tokio's
+/// own `File` copies every chunk into a buffer of its own and keeps that buffer's capacity, up to 2
+/// MiB per open file, so transform's 31 open day files held some 60 MiB more at 10x than at 1x.
 struct LocalSink {
     key: String,
     target: PathBuf,
     staging: PathBuf,
-    file: fs::File,
+    /// `None` only after a write was interrupted (its task kept the file): the sink is then broken.
+    file: Option<std::fs::File>,
     md5: Md5Counter,
+}
+
+fn interrupted_write() -> std::io::Error {
+    std::io::Error::other("an earlier write to this object was interrupted")
 }
 
 #[async_trait]
 impl ObjectSink for LocalSink {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.md5.update(&chunk);
-        self.file
-            .write_all(&chunk)
-            .await
-            .map_err(|e| Error::io("writing", self.key.clone(), e))
+        let key = self.key.clone();
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::io("writing", key.clone(), interrupted_write()))?;
+        let file = blocking(move || {
+            use std::io::Write;
+            file.write_all(&chunk).map_err(|e| Error::io("writing", key, e))?;
+            Ok(file)
+        })
+        .await?;
+        self.file = Some(file);
+        Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
         let key = self.key.clone();
-        let publish = async {
-            self.file.flush().await?;
-            self.file.sync_all().await?;
-            if let Some(parent) = self.target.parent() {
-                fs::create_dir_all(parent).await?;
+        let (file, staging, target) = (self.file.take(), self.staging.clone(), self.target.clone());
+        let publish = tokio::task::spawn_blocking(move || {
+            let file = file.ok_or_else(interrupted_write)?;
+            file.sync_all()?;
+            drop(file);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
             }
             // rename(2) within one filesystem is atomic: readers see the old object or the new one.
-            fs::rename(&self.staging, &self.target).await
-        };
-        if let Err(e) = publish.await {
+            std::fs::rename(&staging, &target)
+        });
+        let published = publish
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = published {
             let _ = fs::remove_file(&self.staging).await;
             return Err(Error::io("publishing", key, e));
         }
@@ -491,6 +513,28 @@ mod tests {
         sink.write(Bytes::from_static(b"partial")).await.unwrap();
         sink.abort().await.unwrap();
         assert_eq!(store.list("raw/").await.unwrap(), vec!["raw/a/b.parquet".to_string()]);
+        assert_eq!(std::fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_sink_whose_write_was_cancelled_refuses_to_publish_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let mut sink = store.create("clean/a/b.parquet").await.unwrap();
+        sink.write(Bytes::from_static(b"first row group")).await.unwrap();
+        // Dropped mid-write, as a run interrupted by a signal drops it: the write's task keeps the
+        // file, and what reached it can no longer be told from what did not.
+        let cancelled =
+            tokio::time::timeout(std::time::Duration::ZERO, sink.write(Bytes::from(vec![7u8; 8 << 20]))).await;
+        assert!(
+            cancelled.is_err(),
+            "an 8 MiB write is still running when the timeout fires"
+        );
+        let err = sink.write(Bytes::from_static(b"more")).await.unwrap_err();
+        assert!(err.to_string().contains("interrupted"), "{err}");
+        let err = sink.finish().await.unwrap_err();
+        assert!(err.to_string().contains("interrupted"), "{err}");
+        assert_eq!(store.size("clean/a/b.parquet").await.unwrap(), None);
         assert_eq!(std::fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(), 0);
     }
 
