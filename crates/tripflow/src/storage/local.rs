@@ -382,7 +382,8 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + '
 /// A local object being written. Each chunk (a whole row group, from a Parquet writer) is written
 /// from where it lies by a task on the blocking pool, which borrows the file for the write: tokio's
 /// own `File` copies every chunk into a buffer of its own and keeps that buffer's capacity, up to 2
-/// MiB per open file, so transform's 31 open day files held some 60 MiB more at 10x than at 1x.
+/// MiB per open file, and transform keeps 31 day files open (10x peak RSS of transform 219 to 213
+/// MiB, of clean 163 to 150 MiB).
 struct LocalSink {
     key: String,
     target: PathBuf,
@@ -418,22 +419,24 @@ impl ObjectSink for LocalSink {
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
         let key = self.key.clone();
         let (file, staging, target) = (self.file.take(), self.staging.clone(), self.target.clone());
-        let publish = tokio::task::spawn_blocking(move || {
-            let file = file.ok_or_else(interrupted_write)?;
-            file.sync_all()?;
-            drop(file);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            // rename(2) within one filesystem is atomic: readers see the old object or the new one.
-            std::fs::rename(&staging, &target)
-        });
-        let published = publish
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        if let Err(e) = published {
+        let published_key = key.clone();
+        let published = blocking(move || {
+            let publish = || {
+                let file = file.ok_or_else(interrupted_write)?;
+                file.sync_all()?;
+                drop(file);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                // rename(2) within one filesystem is atomic: readers see the old object or the new one.
+                std::fs::rename(&staging, &target)
+            };
+            publish().map_err(|e| Error::io("publishing", published_key, e))
+        })
+        .await;
+        if let Err(err) = published {
             let _ = fs::remove_file(&self.staging).await;
-            return Err(Error::io("publishing", key, e));
+            return Err(err);
         }
         let size_bytes = self.md5.bytes();
         Ok(ObjectInfo {
