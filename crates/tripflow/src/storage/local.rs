@@ -519,26 +519,43 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(), 0);
     }
 
-    #[tokio::test]
-    async fn a_sink_whose_write_was_cancelled_refuses_to_publish_and_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path()).unwrap();
-        let mut sink = store.create("clean/a/b.parquet").await.unwrap();
-        sink.write(Bytes::from_static(b"first row group")).await.unwrap();
-        // Dropped mid-write, as a run interrupted by a signal drops it: the write's task keeps the
-        // file, and what reached it can no longer be told from what did not.
-        let cancelled =
-            tokio::time::timeout(std::time::Duration::ZERO, sink.write(Bytes::from(vec![7u8; 8 << 20]))).await;
-        assert!(
-            cancelled.is_err(),
-            "an 8 MiB write is still running when the timeout fires"
-        );
-        let err = sink.write(Bytes::from_static(b"more")).await.unwrap_err();
-        assert!(err.to_string().contains("interrupted"), "{err}");
-        let err = sink.finish().await.unwrap_err();
-        assert!(err.to_string().contains("interrupted"), "{err}");
-        assert_eq!(store.size("clean/a/b.parquet").await.unwrap(), None);
-        assert_eq!(std::fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(), 0);
+    #[test]
+    fn a_sink_whose_write_was_cancelled_refuses_to_publish_and_leaves_nothing() {
+        // One blocking thread, held at a gate: the write below cannot finish before it is dropped,
+        // however fast the disk (a zero timeout raced the write and lost one run in twenty).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::open(dir.path()).unwrap();
+            let mut sink = store.create("clean/a/b.parquet").await.unwrap();
+            sink.write(Bytes::from_static(b"first row group")).await.unwrap();
+            let gate = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let held = tokio::task::spawn_blocking({
+                let gate = gate.clone();
+                move || {
+                    gate.wait();
+                }
+            });
+            // Dropped mid-write, as a run interrupted by a signal drops it: the write's task keeps the
+            // file, and what reached it can no longer be told from what did not.
+            {
+                let write = sink.write(Bytes::from(vec![7u8; 8 << 20]));
+                futures::pin_mut!(write);
+                assert!(futures::poll!(write.as_mut()).is_pending());
+            }
+            gate.wait();
+            held.await.unwrap();
+            let err = sink.write(Bytes::from_static(b"more")).await.unwrap_err();
+            assert!(err.to_string().contains("interrupted"), "{err}");
+            let err = sink.finish().await.unwrap_err();
+            assert!(err.to_string().contains("interrupted"), "{err}");
+            assert_eq!(store.size("clean/a/b.parquet").await.unwrap(), None);
+            assert_eq!(std::fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(), 0);
+        });
     }
 
     #[tokio::test]
