@@ -56,6 +56,41 @@ impl AsyncFileReader for StoreFileReader {
         .boxed()
     }
 
+    /// The column chunks of a row group lie side by side: ranges less than [`COALESCE_GAP`] apart
+    /// travel in one GET (on S3, one request per row group instead of one per column).
+    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            let mut fetched: Vec<(Range<u64>, Bytes)> = Vec::new();
+            for span in coalesce(&ranges, COALESCE_GAP) {
+                let bytes = self
+                    .store
+                    .get_range(&self.key, span.clone())
+                    .await
+                    .map_err(|e| ParquetError::External(Box::new(e)))?;
+                fetched.push((span, bytes));
+            }
+            ranges
+                .iter()
+                .map(|range| {
+                    if range.start >= range.end {
+                        return Ok(Bytes::new());
+                    }
+                    let (span, bytes) = fetched
+                        .iter()
+                        .find(|(span, _)| span.start <= range.start && range.end <= span.end)
+                        .ok_or_else(|| ParquetError::General(format!("range {range:?} was not fetched")))?;
+                    let from = (range.start - span.start) as usize;
+                    let to = (range.end - span.start) as usize;
+                    if to > bytes.len() {
+                        return Err(ParquetError::EOF(format!("{range:?} lies past the end of the object")));
+                    }
+                    Ok(bytes.slice(from..to))
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
     fn get_metadata<'a>(
         &'a mut self,
         _options: Option<&'a ArrowReaderOptions>,
@@ -70,6 +105,24 @@ impl AsyncFileReader for StoreFileReader {
         }
         .boxed()
     }
+}
+
+/// Ranges closer than this are fetched in one GET: reading a few hundred KiB too many costs less
+/// than another request's latency on S3.
+const COALESCE_GAP: u64 = 1 << 20;
+
+/// The spans covering `ranges`, merging those less than `gap` apart, in order.
+fn coalesce(ranges: &[Range<u64>], gap: u64) -> Vec<Range<u64>> {
+    let mut sorted: Vec<Range<u64>> = ranges.iter().filter(|r| r.start < r.end).cloned().collect();
+    sorted.sort_by_key(|r| r.start);
+    let mut spans: Vec<Range<u64>> = Vec::new();
+    for range in sorted {
+        match spans.last_mut() {
+            Some(last) if range.start <= last.end.saturating_add(gap) => last.end = last.end.max(range.end),
+            _ => spans.push(range),
+        }
+    }
+    spans
 }
 
 /// Checks the magic bytes at both ends and reads the footer, telling `NotParquet` from `TruncatedParquet`
@@ -358,21 +411,15 @@ impl AsyncFileWriter for SinkWriter {
     }
 }
 
-/// Writer settings for everything the pipeline writes: zstd, statistics for Athena's pruning,
-/// row groups small enough that a writer's buffer stays within a Lambda's memory.
-///
-/// zstd at level 1, by measurement: against level 3 (three interleaved runs on a 1.93 M-row month)
-/// clean took 0.67-0.73 s instead of 0.91-1.04 s and transform 1.14-1.16 s instead of 1.24-1.48 s,
-/// for files 7% larger (clean 38 to 41 MB, curated 60 to 64 MB). Level 3's match finder was the
-/// largest single cost of both stages. LZ4 for the clean zone bought 0.03 s more, not worth a
-/// codec some readers of the Glue catalog lack.
+/// Writer settings for the object at `key`: its zone's codec ([`compression_of`]), statistics for
+/// Athena's pruning, row groups small enough that a writer's buffer stays within a Lambda's memory.
 ///
 /// No page CRCs: parquet 60's writer cannot write them (`crc: None` in its page header, marked
 /// TODO upstream); readers verify them wherever a file has them. Our own objects are guarded
 /// instead by the MD5 each manifest records and each stage re-checks before reading.
-pub fn writer_properties(max_row_group_rows: usize) -> WriterProperties {
+pub fn writer_properties(key: &str, max_row_group_rows: usize) -> WriterProperties {
     let builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default()))
+        .set_compression(compression_of(key))
         .set_max_row_group_row_count(Some(max_row_group_rows))
         .set_created_by(format!("tripflow {}", env!("CARGO_PKG_VERSION")));
     UNIQUE_VALUED_COLUMNS
@@ -383,7 +430,25 @@ pub fn writer_properties(max_row_group_rows: usize) -> WriterProperties {
         .build()
 }
 
-const ZSTD_LEVEL: i32 = 1;
+/// The codec of each zone, chosen by measurement (three interleaved runs of a 1.93 M-row month,
+/// 2026-12-04):
+/// - curated: Snappy. Transform keeps a file open per day, 31 writers of 17 columns, and every
+///   column writer of parquet's zstd codec holds a decompression context it never uses (some 75 KiB
+///   each, 39 MB of a 116 MB heap peak in heaptrack) and makes a fresh pair per row group.
+///   Against zstd level 1, transform 1.08-1.21 s to 0.90-0.96 s and its peak RSS 152-158 to
+///   139-145 MiB (at 10x, 180 to 146 MiB live), for files 18% larger (64 to 75 MB). Snappy is
+///   what Spark writes by default: every reader of the Glue catalog has it.
+/// - clean and quarantine: zstd level 1, one writer each. Against level 3, clean 0.91-1.04 s to
+///   0.67-0.73 s for files 7% larger (38 to 41 MB); level 3's match finder was the largest single
+///   cost of the stage in `perf`. LZ4 bought 0.03 s more, not worth a codec some readers lack.
+pub fn compression_of(key: &str) -> Compression {
+    const ZSTD_LEVEL: i32 = 1;
+    if key.starts_with(crate::storage::layout::CURATED) {
+        Compression::SNAPPY
+    } else {
+        Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default())
+    }
+}
 
 /// Columns whose values are nearly all distinct (the timestamps, to the second, and the speed): a
 /// dictionary of them is as large as the values, and building it hashes every value and holds a
@@ -413,7 +478,7 @@ impl ParquetSink {
         let writer = AsyncArrowWriter::try_new(
             SinkWriter { sink: Some(sink) },
             schema,
-            Some(writer_properties(max_row_group_rows)),
+            Some(writer_properties(key, max_row_group_rows)),
         )
         .map_err(|e| write_error(key, e))?;
         Ok(ParquetSink {
@@ -587,7 +652,7 @@ mod tests {
     #[test]
     fn only_the_columns_of_repeated_values_get_a_dictionary() {
         use crate::contract::col;
-        let props = writer_properties(BATCH_ROWS);
+        let props = writer_properties("clean/yellow/period=2021-03/part-r.parquet", BATCH_ROWS);
         let dictionary = |column: &str| props.dictionary_enabled(&ColumnPath::from(column));
         for column in [col::PICKUP_AT, col::DROPOFF_AT, crate::handoff::curated::SPEED_MPH] {
             assert!(!dictionary(column), "{column}");
@@ -600,11 +665,27 @@ mod tests {
         ] {
             assert!(dictionary(column), "{column}");
         }
+    }
+
+    #[test]
+    fn each_zone_gets_its_measured_codec() {
+        let codec = |key: &str| {
+            writer_properties(key, BATCH_ROWS).compression(&ColumnPath::from(crate::contract::col::PICKUP_AT))
+        };
+        let zstd1 = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
+        assert_eq!(codec("clean/yellow/period=2021-03/part-r.parquet"), zstd1);
+        assert_eq!(codec("quarantine/yellow/period=2021-03/part-r.parquet"), zstd1);
         assert_eq!(
-            props.compression(&ColumnPath::from(col::PICKUP_AT)),
-            Compression::ZSTD(ZstdLevel::try_new(1).unwrap()),
-            "level 1: the measured choice"
+            codec("curated/yellow/pickup_date=2021-03-01/part-r.parquet"),
+            Compression::SNAPPY
         );
+    }
+
+    #[test]
+    fn ranges_close_together_are_fetched_as_one_span() {
+        assert_eq!(coalesce(&[10..20, 0..5, 25..30, 100..110], 5), vec![0..30, 100..110]);
+        assert_eq!(coalesce(&[0..10, 2..4], 0), vec![0..10]);
+        assert_eq!(coalesce(&[5..5, 7..7], 0), Vec::<Range<u64>>::new());
     }
 
     #[tokio::test]
