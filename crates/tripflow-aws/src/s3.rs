@@ -676,6 +676,10 @@ impl ObjectSink for S3Sink {
         Ok(())
     }
 
+    fn written(&self) -> &Md5Counter {
+        &self.md5
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
         let size = self.md5.bytes();
         let md5 = std::mem::take(&mut self.md5).finish_hex();

@@ -416,6 +416,10 @@ impl ObjectSink for LocalSink {
         Ok(())
     }
 
+    fn written(&self) -> &Md5Counter {
+        &self.md5
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
         let key = self.key.clone();
         let (file, staging, target) = (self.file.take(), self.staging.clone(), self.target.clone());

@@ -100,6 +100,11 @@ impl Expect<'_> {
 pub trait ObjectSink: Send {
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
 
+    /// The size and MD5 of what was written so far, which every sink computes for the
+    /// [`ObjectInfo`] it returns. Ingest checks a source's MD5 here before publishing it, instead
+    /// of hashing every byte a second time.
+    fn written(&self) -> &crate::checksum::Md5Counter;
+
     /// Publishes the object and returns its size and MD5.
     async fn finish(self: Box<Self>) -> Result<ObjectInfo>;
 
