@@ -452,8 +452,8 @@ pub fn compression_of(key: &str) -> Compression {
 
 /// Columns whose values are nearly all distinct (the timestamps, to the second, and the speed): a
 /// dictionary of them is as large as the values, and building it hashes every value and holds a
-/// table per open file, for nothing. They are written plain and left to zstd. Every other column
-/// repeats a few hundred or thousand values and keeps its dictionary.
+/// table per open file, for nothing. They are written plain and left to the zone's codec. Every
+/// other column repeats a few hundred or thousand values and keeps its dictionary.
 const UNIQUE_VALUED_COLUMNS: [&str; 3] = [
     crate::contract::col::PICKUP_AT,
     crate::contract::col::DROPOFF_AT,
