@@ -1244,6 +1244,100 @@ async fn a_clean_file_changed_after_clean_fails_transform_as_an_integrity_error_
 }
 
 #[tokio::test]
+async fn a_day_of_more_row_groups_than_a_file_holds_goes_on_in_parts_that_all_load() {
+    use arrow::array::{Array, Float64Array, RecordBatch};
+    use parquet::arrow::ArrowWriter;
+
+    // Row groups of 10 rows: each day of this month closes some 120 of them, 4 files' worth.
+    let setup = Setup::with_config(PipelineConfig {
+        row_group_rows: 10,
+        ..PipelineConfig::default()
+    })
+    .await;
+    let source = setup.generate("2021-03", 40_000, 13);
+    let expected = expected_from_file(&source, "2021-03".parse().unwrap());
+    let summary = setup.run(&source, None).await.unwrap();
+    assert_eq!(summary.rows_loaded, expected.kept);
+    let avg = summary.avg_speed_mph.unwrap();
+    assert!((avg - expected.avg_speed_mph).abs() < 1e-9 * expected.avg_speed_mph);
+    assert_eq!(summary.weekly_top5, expected.weekly_top5);
+    assert_eq!(summary.transform.partitions, 31, "partitions are days, not files");
+
+    let run = &summary.ingest.run_id;
+    let curated = setup.live_files("2021-03").await["curated/yellow/"].clone();
+    let march_7: Vec<&String> = curated
+        .iter()
+        .filter(|k| k.starts_with("curated/yellow/pickup_date=2021-03-07/"))
+        .collect();
+    assert!(march_7.len() >= 3, "{march_7:?}");
+    assert!(march_7.iter().any(|k| k.ends_with(&format!("/part-{run}.parquet"))));
+    assert!(march_7.iter().any(|k| k.ends_with(&format!("/part-{run}.1.parquet"))));
+    for key in &curated {
+        let file = std::fs::File::open(setup.dir.path().join("zones").join(key)).unwrap();
+        let row_groups = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .metadata()
+            .num_row_groups();
+        // A day's file is finished after the write that closes its 32nd row group; that write and
+        // the footer may close a few more.
+        assert!(row_groups <= 40, "{key} has {row_groups} row groups");
+    }
+
+    // A rerun of the run's transform writes the same keys, the live ones among them. From a clean
+    // object that fails its check it finishes no part early: every live file keeps its bytes. The
+    // clean file is rewritten with every distance doubled, so it decodes to other rows and only
+    // the check can tell.
+    let clean = setup.dir.path().join("zones").join(&summary.clean.clean_key);
+    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&clean).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(&clean).unwrap(), batches[0].schema(), None).unwrap();
+    for batch in batches {
+        let distance = batch.schema().index_of("trip_distance").unwrap();
+        let doubled: Float64Array =
+            arrow::compute::kernels::numeric::mul(batch.column(distance), &Float64Array::new_scalar(2.0))
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone();
+        let mut columns = batch.columns().to_vec();
+        columns[distance] = Arc::new(doubled);
+        writer
+            .write(&RecordBatch::try_new(batch.schema(), columns).unwrap())
+            .unwrap();
+    }
+    writer.close().unwrap();
+    let curated_bytes = || {
+        curated
+            .iter()
+            .map(|key| std::fs::read(setup.dir.path().join("zones").join(key)).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let curated_before = (setup.keys("curated/").await, curated_bytes());
+    let err = tripflow::stages::transform::run(
+        &setup.ctx,
+        tripflow::stages::transform::TransformInput {
+            dataset: "yellow".into(),
+            period: "2021-03".parse().unwrap(),
+            clean_key: summary.clean.clean_key.clone(),
+            manifest_key: summary.clean.manifest_key.clone(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.name(), "IntegrityError", "{err}");
+    assert!(err.to_string().contains("MD5"), "{err}");
+    assert!(
+        (setup.keys("curated/").await, curated_bytes()) == curated_before,
+        "a curated file was written"
+    );
+}
+
+#[tokio::test]
 async fn a_count_mismatch_rolls_back_and_keeps_the_previous_load() {
     let refused = LoadToRefuse::new(8_000, 6).await;
     // Claim one more curated row than the files hold: the database count cannot match.

@@ -509,9 +509,8 @@ async fn lake_state(data: &std::path::Path) -> Vec<(String, Option<String>, u64)
         let runs: std::collections::BTreeSet<String> = live
             .iter()
             .map(|f| {
-                let name = f.key.rsplit('/').next().unwrap();
-                name.trim_start_matches("part-")
-                    .trim_end_matches(".parquet")
+                tripflow::storage::Layout::run_of_part(&f.key)
+                    .unwrap_or_else(|| panic!("{} is no run's part", f.key))
                     .to_string()
             })
             .collect();

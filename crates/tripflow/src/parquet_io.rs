@@ -507,6 +507,11 @@ impl ParquetSink {
         self.rows
     }
 
+    /// Row groups closed so far.
+    pub fn row_groups(&self) -> usize {
+        self.writer.flushed_row_groups().len()
+    }
+
     /// Writes the footer and publishes the object.
     pub async fn finish(self) -> Result<(ObjectInfo, u64)> {
         let rows = self.rows;

@@ -433,8 +433,7 @@ pub async fn sweep_unpublished(store: &dyn ObjectStore, layout: &Layout) -> Resu
         }
     }
     let run_of = |key: &str| -> Option<String> {
-        let name = key.rsplit('/').next()?;
-        if let Some(run) = name.strip_prefix("part-").and_then(|n| n.strip_suffix(".parquet")) {
+        if let Some(run) = Layout::run_of_part(key) {
             return Some(run.to_string());
         }
         key.split('/').find_map(|s| s.strip_prefix("run=")).map(str::to_string)

@@ -2,7 +2,8 @@
 //! swaps the location IDs the source system is known to swap (161 <-> 237 by default, pickup and
 //! dropoff alike), derives `duration_s`, `speed_mph` (null where distance <= 0) and the ISO
 //! `pickup_week`, and writes analyst-ready Parquet into the curated Delta table, one file of the run
-//! per day (`curated/<dataset>/pickup_date=YYYY-MM-DD/part-<run_id>.parquet`). `pickup_date` lives
+//! per day (`curated/<dataset>/pickup_date=YYYY-MM-DD/part-<run_id>.parquet`; a day of more than
+//! [`ROW_GROUPS_PER_FILE`] row groups goes on in `part-<run_id>.1.parquet` and so on). `pickup_date` lives
 //! in the partition path only, as Delta, Glue and Athena expect. The files stay invisible until the
 //! run is published; the run's manifest lists them for load. The clean file decodes on one task
 //! while the days encode on [`ENCODERS`] others, each owning a share of the days and of the memory
@@ -12,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -131,6 +133,25 @@ enum ToEncoder {
     },
 }
 
+/// Row groups a curated file holds before its day goes on in a new part. A writer keeps every
+/// closed row group's metadata (some 12 KB of 17 columns) until the footer, and with 31 days open
+/// the write budget closes row groups at 4-5 K rows: a 10x month's day files reached some 130 row
+/// groups each, 48 MB of metadata at transform's peak (heaptrack). 32 leaves a 1x month's days in
+/// one file each (about 14 row groups) and bounds the metadata by 12 MB at any size.
+///
+/// A part is finished, and so appears in the store, before the stage ends; only once the clean
+/// object has passed its check, so a part never holds rows of a damaged input. (A rerun of a run's
+/// transform writes the keys its first attempt wrote, maybe the live ones: from a checked input,
+/// the same bytes.) Parts of an attempt that fails later stay, invisible to readers, until the
+/// next run of the month deletes the files of runs that never published.
+const ROW_GROUPS_PER_FILE: usize = 32;
+
+/// The file a day's rows are going into now.
+struct DayFile {
+    sink: ParquetSink,
+    part: u32,
+}
+
 /// One encoder task: the files of its days, each written as its rows arrive; their buffers
 /// together stay within its share of the write budget by flushing the largest early.
 struct DayEncoder {
@@ -147,11 +168,21 @@ impl DayEncoder {
         run_id: String,
         row_group_rows: usize,
         buffer_budget: usize,
+        input_checked: Arc<AtomicBool>,
     ) -> Self {
         let (queue, mut received) = tokio::sync::mpsc::channel(ENCODER_QUEUE);
         let prefix = layout.curated_prefix();
         let task = tokio::spawn(async move {
-            let mut writers: BTreeMap<NaiveDate, ParquetSink> = BTreeMap::new();
+            let mut writers: BTreeMap<NaiveDate, DayFile> = BTreeMap::new();
+            // The days' full parts, finished while their days went on in new ones.
+            let mut finished: Vec<ManifestObject> = Vec::new();
+            let create = |date: NaiveDate, part: u32| {
+                let (store, key) = (store.clone(), layout.curated_key(date, &run_id, part));
+                async move {
+                    let sink = ParquetSink::create(store.as_ref(), &key, curated_schema(), row_group_rows).await?;
+                    Ok::<_, Error>(DayFile { sink, part })
+                }
+            };
             let written = async {
                 loop {
                     let (date, rows) = match received.recv().await {
@@ -162,43 +193,47 @@ impl DayEncoder {
                     };
                     let writer = match writers.entry(date) {
                         Entry::Occupied(open) => open.into_mut(),
-                        Entry::Vacant(slot) => {
-                            let key = layout.curated_key(date, &run_id);
-                            slot.insert(
-                                ParquetSink::create(store.as_ref(), &key, curated_schema(), row_group_rows).await?,
-                            )
-                        }
+                        Entry::Vacant(slot) => slot.insert(create(date, 0).await?),
                     };
-                    writer.write(&rows).await?;
-                    while writers.values().map(ParquetSink::buffered_bytes).sum::<usize>() > buffer_budget {
-                        let Some(largest) = writers.values_mut().max_by_key(|w| w.buffered_bytes()) else {
+                    writer.sink.write(&rows).await?;
+                    while writers.values().map(|w| w.sink.buffered_bytes()).sum::<usize>() > buffer_budget {
+                        let Some(largest) = writers.values_mut().max_by_key(|w| w.sink.buffered_bytes()) else {
                             break;
                         };
-                        largest.flush().await?;
+                        largest.sink.flush().await?;
+                    }
+                    if !input_checked.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    for (date, writer) in writers.iter_mut() {
+                        if writer.sink.row_groups() >= ROW_GROUPS_PER_FILE {
+                            let next = create(*date, writer.part + 1).await?;
+                            let (object, rows) = std::mem::replace(writer, next).sink.finish().await?;
+                            finished.push(ManifestObject { object, rows });
+                        }
                     }
                 }
             }
             .await;
             if !matches!(written, Ok(true)) {
                 for (_, writer) in writers {
-                    let _ = writer.abort().await;
+                    let _ = writer.sink.abort().await;
                 }
                 return written.map(|_| Vec::new());
             }
-            let mut objects = Vec::with_capacity(writers.len());
             let mut pending = writers.into_iter();
             while let Some((_, writer)) = pending.next() {
-                match writer.finish().await {
-                    Ok((object, rows)) => objects.push(ManifestObject { object, rows }),
+                match writer.sink.finish().await {
+                    Ok((object, rows)) => finished.push(ManifestObject { object, rows }),
                     Err(err) => {
                         for (_, writer) in pending {
-                            let _ = writer.abort().await;
+                            let _ = writer.sink.abort().await;
                         }
                         return Err(err);
                     }
                 }
             }
-            Ok(objects)
+            Ok(finished)
         });
         DayEncoder { queue, task, prefix }
     }
@@ -258,9 +293,14 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
     // The clean object is checked against its manifest (size and MD5) by a read of its own that
     // runs beside the decoding instead of before it. Nothing this stage writes is kept unless the
     // check passes, and its error wins over any the decoding met on a damaged object.
+    let input_checked = Arc::new(AtomicBool::new(false));
     let check = tokio::spawn({
-        let (store, object) = (store.clone(), clean_entry.object.clone());
-        async move { crate::storage::verify_object(store.as_ref(), &object).await }
+        let (store, object, input_checked) = (store.clone(), clean_entry.object.clone(), input_checked.clone());
+        async move {
+            crate::storage::verify_object(store.as_ref(), &object).await?;
+            input_checked.store(true, Ordering::Release);
+            Ok(())
+        }
     });
     let checked = |check: tokio::task::JoinHandle<Result<()>>| async {
         check.await.unwrap_or_else(|err| {
@@ -292,6 +332,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
                 run_id.clone(),
                 ctx.config.row_group_rows,
                 ctx.config.write_buffer_bytes / ENCODERS,
+                input_checked.clone(),
             )
         })
         .collect();
@@ -355,7 +396,11 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         curated_prefix: layout.curated_prefix(),
         manifest_key: layout.run_report_key(&run_id, STAGE),
         rows_curated,
-        partitions: objects.len(),
+        partitions: objects
+            .iter()
+            .map(|o| o.object.key.rsplit_once('/').map_or("", |(day, _)| day))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
         location_ids_swapped: swapped,
         source_md5: manifest.output.source_md5.clone(),
         run_id,

@@ -7,7 +7,8 @@
 //! clean/yellow/_delta_log/…                                       the Delta table of clean rows
 //! clean/yellow/period=2021-03/part-<run_id>.parquet               rows that passed the rules
 //! quarantine/yellow/period=2021-03/part-<run_id>.parquet          rejected rows + reject_reason
-//! curated/yellow/pickup_date=2021-03-01/part-<run_id>.parquet     analyst-ready
+//! curated/yellow/pickup_date=2021-03-01/part-<run_id>.parquet     analyst-ready (a day of a large
+//!                                           part-<run_id>.<n>.parquet  month continues in parts 1, 2, …)
 //! reports/yellow/2021-03/{clean,transform,load}.json              the current version's manifests
 //! reports/yellow/2021-03/versions/<N>.json                        each published version's record
 //! reports/yellow/2021-03/runs/<run_id>/{ingest,clean,transform,publish}.json  one run's own reports
@@ -129,13 +130,29 @@ impl Layout {
         format!("{}pickup_date={}-", self.curated_prefix(), self.period)
     }
 
-    pub fn curated_key(&self, pickup_date: NaiveDate, run_id: &str) -> String {
+    /// The `part`th file one run writes for one day: part 0 is `part-<run_id>.parquet`, the
+    /// parts a large day continues in are `part-<run_id>.<part>.parquet`.
+    pub fn curated_key(&self, pickup_date: NaiveDate, run_id: &str, part: u32) -> String {
+        let name = match part {
+            0 => Self::part_name(run_id),
+            n => format!("part-{run_id}.{n}.parquet"),
+        };
         format!(
-            "{}pickup_date={}/{}",
+            "{}pickup_date={}/{name}",
             self.curated_prefix(),
             pickup_date.format("%Y-%m-%d"),
-            Self::part_name(run_id)
         )
+    }
+
+    /// The run that wrote a lake data file (`…/part-<run_id>[.<part>].parquet`), or None for any
+    /// other key.
+    pub fn run_of_part(key: &str) -> Option<&str> {
+        let name = key.rsplit('/').next()?;
+        let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+        Some(match stem.rsplit_once('.') {
+            Some((run, part)) if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) => run,
+            _ => stem,
+        })
     }
 
     pub fn report_key(&self, stage: &str) -> String {
@@ -168,13 +185,18 @@ mod tests {
             layout.quarantine_key("r1"),
             "quarantine/yellow/period=2021-03/part-r1.parquet"
         );
+        let march_7 = NaiveDate::from_ymd_opt(2021, 3, 7).unwrap();
         assert_eq!(
-            layout.curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap(), "r1"),
+            layout.curated_key(march_7, "r1", 0),
             "curated/yellow/pickup_date=2021-03-07/part-r1.parquet"
+        );
+        assert_eq!(
+            layout.curated_key(march_7, "r1", 2),
+            "curated/yellow/pickup_date=2021-03-07/part-r1.2.parquet"
         );
         assert!(
             layout
-                .curated_key(NaiveDate::from_ymd_opt(2021, 3, 7).unwrap(), "r1")
+                .curated_key(march_7, "r1", 0)
                 .starts_with(&layout.curated_period_prefix())
         );
         assert_eq!(layout.version_key(3), "reports/yellow/2021-03/versions/3.json");
@@ -188,5 +210,30 @@ mod tests {
         assert_eq!(layout.run_of_report("reports/yellow/2021-04/runs/r1/clean.json"), None);
         assert_eq!(layout.run_of_report("reports/yellow/2021-03/clean.json"), None);
         assert_eq!(layout.source_id(), "yellow/2021-03");
+    }
+
+    #[test]
+    fn every_part_of_a_run_names_its_run() {
+        let layout = Layout::new("yellow", "2021-03".parse().unwrap());
+        let run = "20210401T000000Z-0a1b2c3d";
+        let march_7 = NaiveDate::from_ymd_opt(2021, 3, 7).unwrap();
+        for key in [
+            layout.curated_key(march_7, run, 0),
+            layout.curated_key(march_7, run, 1),
+            layout.curated_key(march_7, run, 12),
+            layout.clean_key(run),
+            layout.quarantine_key(run),
+        ] {
+            assert_eq!(Layout::run_of_part(&key), Some(run), "{key}");
+        }
+        assert_eq!(
+            Layout::run_of_part("curated/yellow/pickup_date=2021-03-07/part-r.1.x.parquet"),
+            Some("r.1.x")
+        );
+        assert_eq!(Layout::run_of_part(&layout.raw_key(run)), None);
+        assert_eq!(
+            Layout::run_of_part("curated/yellow/_delta_log/00000000000000000000.json"),
+            None
+        );
     }
 }
