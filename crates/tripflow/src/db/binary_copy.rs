@@ -2,10 +2,14 @@
 //!
 //! tokio-postgres's `BinaryCopyInWriter` takes one `&dyn ToSql` per value and checks its type each
 //! time; for two million trips of nineteen columns that is most of a load. Here each column of
-//! [`TRIP_COLUMNS`] is resolved once per batch to its typed array (or its constant: the source id,
-//! the partition's date), and every row is appended to one buffer, sent to the server in large
-//! chunks. The format: a header, per row a field count then per field its length (-1 for NULL) and
-//! its bytes in network order, and a trailer (-1).
+//! [`copied_columns`] is resolved once per batch to its typed array (or its constant: the
+//! partition's date), and every row is appended to one buffer, sent to the server in large chunks.
+//! The format: a header, per row a field count then per field its length (-1 for NULL) and its
+//! bytes in network order, and a trailer (-1).
+//!
+//! The source id, the same in every row of a version, is not sent: the version's table fills it
+//! in as the column's default (18 bytes of a row's 195, and a text value less for the server to
+//! receive per row).
 
 use arrow::array::{Array, AsArray, PrimitiveArray, RecordBatch};
 use arrow::datatypes::{ArrowPrimitiveType, Float64Type, Int32Type, TimestampMicrosecondType};
@@ -14,7 +18,7 @@ use chrono::NaiveDate;
 use tokio_postgres::types::Type;
 
 use crate::error::{Error, Result};
-use crate::handoff::curated::{Origin, TRIP_COLUMNS};
+use crate::handoff::curated::{Origin, TRIP_COLUMNS, TripColumn};
 
 /// `PGCOPY\n\377\r\n\0`, then 32-bit flags (none) and header-extension length (none).
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -24,10 +28,14 @@ pub const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// The columns a COPY sends, in [`TRIP_COLUMNS`] order: all but the source id, which the
+/// version's table has as its default.
+pub fn copied_columns() -> impl Iterator<Item = &'static TripColumn> {
+    TRIP_COLUMNS.iter().filter(|c| c.origin != Origin::Load)
+}
+
 /// One column of a batch, ready to encode.
 enum Column<'a> {
-    /// The same bytes in every row (the source id).
-    Text(&'a [u8]),
     /// The same date in every row (the partition's), as days since 2000-01-01.
     Date(i32),
     Int4(&'a PrimitiveArray<Int32Type>),
@@ -40,9 +48,8 @@ fn pg_days(date: NaiveDate) -> i32 {
     i32::try_from((date - epoch).num_days()).unwrap_or(i32::MAX)
 }
 
-fn resolve<'a>(batch: &'a RecordBatch, source_id: &'a str, date: NaiveDate) -> Result<Vec<Column<'a>>> {
-    TRIP_COLUMNS
-        .iter()
+fn resolve(batch: &RecordBatch, date: NaiveDate) -> Result<Vec<Column<'_>>> {
+    copied_columns()
         .map(|c| {
             let array = || {
                 batch
@@ -51,7 +58,12 @@ fn resolve<'a>(batch: &'a RecordBatch, source_id: &'a str, date: NaiveDate) -> R
             };
             let wrong = || Error::schema_drift(c.name, format!("not the curated type for {}", c.postgres));
             Ok(match (c.origin, &c.postgres) {
-                (Origin::Load, _) => Column::Text(source_id.as_bytes()),
+                (Origin::Load, _) => {
+                    return Err(Error::InvalidInput(format!(
+                        "{} is the table's default, never copied",
+                        c.name
+                    )));
+                }
                 (Origin::Partition, _) => Column::Date(pg_days(date)),
                 (Origin::File, &Type::INT4) => Column::Int4(array()?.as_primitive_opt().ok_or_else(wrong)?),
                 (Origin::File, &Type::FLOAT8) => Column::Float8(array()?.as_primitive_opt().ok_or_else(wrong)?),
@@ -80,22 +92,17 @@ fn put_field<T: ArrowPrimitiveType>(
     }
 }
 
-/// Appends every row of `batch` (a curated file's, of partition `date`) to `out`, in
-/// [`TRIP_COLUMNS`] order.
-pub fn encode_batch(batch: &RecordBatch, source_id: &str, date: NaiveDate, out: &mut BytesMut) -> Result<()> {
-    let columns = resolve(batch, source_id, date)?;
+/// Appends every row of `batch` (a curated file's, of partition `date`) to `out`: the
+/// [`copied_columns`].
+pub fn encode_batch(batch: &RecordBatch, date: NaiveDate, out: &mut BytesMut) -> Result<()> {
+    let columns = resolve(batch, date)?;
     let fields = i16::try_from(columns.len()).unwrap_or(i16::MAX);
-    // 19 fields: a 2-byte count, then per field 4 bytes of length and at most 8 of value (the
-    // source id is longer, once).
-    out.reserve(batch.num_rows() * (2 + columns.len() * 12 + source_id.len()));
+    // 18 fields: a 2-byte count, then per field 4 bytes of length and at most 8 of value.
+    out.reserve(batch.num_rows() * (2 + columns.len() * 12));
     for row in 0..batch.num_rows() {
         out.put_i16(fields);
         for column in &columns {
             match column {
-                Column::Text(bytes) => {
-                    out.put_i32(i32::try_from(bytes.len()).unwrap_or(i32::MAX));
-                    out.put_slice(bytes);
-                }
                 Column::Date(days) => {
                     out.put_i32(4);
                     out.put_i32(*days);
@@ -148,11 +155,9 @@ mod tests {
     fn a_row_is_its_field_count_then_each_field_in_table_order() {
         let mut out = BytesMut::new();
         let date = NaiveDate::from_ymd_opt(2000, 1, 2).unwrap();
-        encode_batch(&one_row(), "yellow/2021-03", date, &mut out).unwrap();
+        encode_batch(&one_row(), date, &mut out).unwrap();
         let mut expected = BytesMut::new();
-        expected.put_i16(19);
-        expected.put_i32(14);
-        expected.put_slice(b"yellow/2021-03");
+        expected.put_i16(18); // every column but the source id
         expected.put_i32(-1); // vendor_id NULL
         expected.put_i32(8);
         expected.put_i64(1_000_000); // pickup_at, microseconds since 2000-01-01
@@ -183,7 +188,7 @@ mod tests {
         let without_speed = batch
             .project(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16])
             .unwrap();
-        let err = encode_batch(&without_speed, "yellow/2021-03", NaiveDate::MIN, &mut BytesMut::new()).unwrap_err();
+        let err = encode_batch(&without_speed, NaiveDate::MIN, &mut BytesMut::new()).unwrap_err();
         assert_eq!(err.name(), "SchemaDrift");
         assert!(err.to_string().contains("speed_mph"), "{err}");
     }

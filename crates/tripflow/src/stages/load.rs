@@ -15,7 +15,6 @@ use tracing::info;
 use super::StageContext;
 use crate::answers::SlowTally;
 use crate::db;
-use crate::db::binary_copy;
 use crate::db::versions::{self, CopyOut, StageRequest, TripRows, VersionAnswers};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::Manifest;
@@ -44,7 +43,6 @@ pub fn partition_date(key: &str) -> Result<NaiveDate> {
 struct CuratedRows<'a> {
     ctx: &'a StageContext,
     manifest: &'a Manifest<TransformOutput>,
-    source_id: &'a str,
     progress: &'a StageProgress<'a>,
     /// Counts the slow trips as the rows stream by, when transform handed on its totals.
     slow: Option<SlowTally>,
@@ -62,8 +60,7 @@ impl TripRows for CuratedRows<'_> {
         // fails the COPY, and with it the version, before anything is published.
         let mut batches = ReadAhead::verified_objects(self.ctx.store.clone(), objects);
         while let Some((object, batch)) = batches.next_batch().await? {
-            binary_copy::encode_batch(&batch, self.source_id, dates[object], out.buffer())?;
-            out.send_if_full().await?;
+            out.write_rows(&batch, dates[object]).await?;
             if let Some(slow) = self.slow.as_mut() {
                 slow.add_batch(&batch)?;
             }
@@ -132,7 +129,6 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     let mut rows = CuratedRows {
         ctx,
         manifest: &manifest,
-        source_id: &source_id,
         progress: &progress,
         slow: manifest.output.speed_totals.and_then(SlowTally::new),
     };
