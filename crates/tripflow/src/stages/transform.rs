@@ -43,6 +43,36 @@ pub fn speed_mph(distance_miles: Option<f64>, duration_s: f64) -> Option<f64> {
     }
 }
 
+/// The date and ISO week of a timestamp, remembered per day: a month's rows fall on some 31 days,
+/// and working the calendar out for each of two million rows was a tenth of transform's own work.
+struct Calendar {
+    /// Direct-mapped by day number: (day since 1970-01-01, its date, its ISO week).
+    days: [(i64, NaiveDate, i32); 64],
+}
+
+impl Default for Calendar {
+    fn default() -> Self {
+        Calendar {
+            days: [(i64::MIN, NaiveDate::MIN, 0); 64],
+        }
+    }
+}
+
+impl Calendar {
+    const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+    /// The date and ISO week of `micros` since the Unix epoch; `None` outside chrono's range.
+    fn day_of(&mut self, micros: i64) -> Option<(NaiveDate, i32)> {
+        let day = micros.div_euclid(Self::MICROS_PER_DAY);
+        let slot = &mut self.days[day.rem_euclid(64) as usize];
+        if slot.0 != day {
+            let date = DateTime::from_timestamp(day.checked_mul(86_400)?, 0)?.date_naive();
+            *slot = (day, date, date.iso_week().week() as i32);
+        }
+        Some((slot.1, slot.2))
+    }
+}
+
 /// The transform of one clean batch, and the pickup date of each of its rows.
 pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(RecordBatch, Vec<NaiveDate>, u64)> {
     let pickup = typed_column::<TimestampMicrosecondArray>(batch, col::PICKUP_AT)?;
@@ -72,6 +102,7 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
     let mut speeds = Vec::with_capacity(rows);
     let mut weeks = Vec::with_capacity(rows);
     let mut dates = Vec::with_capacity(rows);
+    let mut calendar = Calendar::default();
     for row in 0..rows {
         // Clean guarantees both timestamps are present and dropoff > pickup.
         if pickup.is_null(row) || dropoff.is_null(row) {
@@ -81,8 +112,8 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
             });
         }
         let duration_s = (dropoff.value(row) - pickup.value(row)) as f64 / 1_000_000.0;
-        let date = DateTime::from_timestamp_micros(pickup.value(row))
-            .map(|t| t.date_naive())
+        let (date, week) = calendar
+            .day_of(pickup.value(row))
             .ok_or_else(|| Error::IntegrityError {
                 key: "clean batch".into(),
                 detail: "pickup out of range".into(),
@@ -92,7 +123,7 @@ pub fn transform_batch(batch: &RecordBatch, swaps: &LocationSwaps) -> Result<(Re
             distance.is_valid(row).then(|| distance.value(row)),
             duration_s,
         ));
-        weeks.push(date.iso_week().week() as i32);
+        weeks.push(week);
         dates.push(date);
     }
 
@@ -257,13 +288,32 @@ impl DayEncoder {
     }
 }
 
-/// Row indices of a batch grouped by pickup date.
-fn group_by_date(dates: &[NaiveDate]) -> BTreeMap<NaiveDate, Vec<u32>> {
-    let mut groups: BTreeMap<NaiveDate, Vec<u32>> = BTreeMap::new();
-    for (row, date) in dates.iter().enumerate() {
-        groups.entry(*date).or_default().push(row as u32);
+/// Row indices of a batch grouped by pickup date, in date order: one slot per day between the
+/// batch's first and last date (a month's rows span at most 31), a map only for a wider batch.
+fn group_by_date(dates: &[NaiveDate]) -> Vec<(NaiveDate, Vec<u32>)> {
+    const MAX_SPAN_DAYS: usize = 366;
+    let (Some(first), Some(last)) = (dates.iter().min(), dates.iter().max()) else {
+        return Vec::new();
+    };
+    let span = usize::try_from((*last - *first).num_days()).unwrap_or(usize::MAX);
+    if span >= MAX_SPAN_DAYS {
+        let mut groups: BTreeMap<NaiveDate, Vec<u32>> = BTreeMap::new();
+        for (row, date) in dates.iter().enumerate() {
+            groups.entry(*date).or_default().push(row as u32);
+        }
+        return groups.into_iter().collect();
     }
-    groups
+    let first_day = first.num_days_from_ce();
+    let mut slots: Vec<Vec<u32>> = vec![Vec::new(); span + 1];
+    for (row, date) in dates.iter().enumerate() {
+        slots[(date.num_days_from_ce() - first_day) as usize].push(row as u32);
+    }
+    slots
+        .into_iter()
+        .enumerate()
+        .filter(|(_, rows)| !rows.is_empty())
+        .filter_map(|(offset, rows)| Some((first.checked_add_days(chrono::Days::new(offset as u64))?, rows)))
+        .collect()
 }
 
 pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformOutput> {
@@ -435,6 +485,45 @@ mod tests {
         // Microsecond precision: a 1 ms trip lasts 0.001 s, not 0.
         let millisecond_trip = speed_mph(Some(0.001), 0.001).unwrap();
         assert!((millisecond_trip - 3600.0).abs() < 1e-9, "{millisecond_trip}");
+    }
+
+    #[test]
+    fn the_calendar_gives_chrono_s_date_and_iso_week_for_any_timestamp() {
+        let mut calendar = Calendar::default();
+        let day = Calendar::MICROS_PER_DAY;
+        // Around the epoch, both sides of midnight, a leap day, days 64 apart (one slot), and a
+        // year end where the ISO week belongs to the next year.
+        let mut instants = vec![-1, 0, 1, day - 1, day, -day, -day - 1];
+        let leap_day_2024 = 19_782 * day;
+        instants.extend([leap_day_2024, leap_day_2024 + 64 * day, leap_day_2024 - 64 * day]);
+        let december_30_2024 = 20_087 * day + 3_600_000_000;
+        instants.extend((0..5).map(|d| december_30_2024 + d * day));
+        for micros in instants.iter().chain(instants.iter()) {
+            let date = DateTime::from_timestamp_micros(*micros).unwrap().date_naive();
+            assert_eq!(
+                calendar.day_of(*micros),
+                Some((date, date.iso_week().week() as i32)),
+                "{micros}"
+            );
+        }
+        assert_eq!(calendar.day_of(i64::MAX), None);
+    }
+
+    #[test]
+    fn rows_are_grouped_by_date_in_date_order() {
+        let date = |d: u32| NaiveDate::from_ymd_opt(2021, 3, d).unwrap();
+        let dates = [date(9), date(1), date(9), date(31), date(1)];
+        assert_eq!(
+            group_by_date(&dates),
+            vec![(date(1), vec![1, 4]), (date(9), vec![0, 2]), (date(31), vec![3])]
+        );
+        assert!(group_by_date(&[]).is_empty());
+        // Dates years apart (never a month's) still group, by the map.
+        let far = NaiveDate::from_ymd_opt(1999, 1, 1).unwrap();
+        assert_eq!(
+            group_by_date(&[date(2), far, date(2)]),
+            vec![(far, vec![1]), (date(2), vec![0, 2])]
+        );
     }
 
     #[test]
