@@ -39,7 +39,7 @@ use crate::contract::{self, CanonicalBatch, col, typed_column};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::handoff::{INGEST, IngestOutput};
-use crate::parquet_io::{ParquetSink, ReadAhead, SinkTask, open_stream};
+use crate::parquet_io::{ColumnParallelSink, ParquetSink, ReadAhead, open_stream};
 use crate::period::Period;
 use crate::progress::{StageProgress, Unit};
 use crate::storage::{Layout, ObjectStore, get_json, put_json};
@@ -245,10 +245,9 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     let (schema, stream) = open_projected(store, &input.raw_key).await?;
     let source = contract::check(&schema)?;
     let row_group_rows = ctx.config.row_group_rows;
-    // The kept rows, nearly all of them, encode on a task of their own beside the rules.
-    let mut kept_encoder = SinkTask::spawn(
-        ParquetSink::create(store.as_ref(), &clean_key, contract::canonical_schema(), row_group_rows).await?,
-    );
+    // The kept rows, nearly all of them, encode on both cores, beside the rules.
+    let mut kept_sink =
+        ColumnParallelSink::create(store.as_ref(), &clean_key, contract::canonical_schema(), row_group_rows).await?;
     let mut rejected_sink =
         ParquetSink::create(store.as_ref(), &quarantine_key, quarantine_schema(), row_group_rows).await?;
 
@@ -263,26 +262,17 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
             progress.advance(batch.num_rows() as u64);
             let canonical = source.canonicalize(&batch)?;
             let (kept, rejected) = split_batch(&canonical, &rules, &mut counts)?;
-            kept_encoder.write(kept).await?;
+            kept_sink.write(&kept).await?;
             rejected_sink.write(&rejected).await?;
         }
         Ok::<_, Error>(())
     }
     .await;
-    let kept_sink = match (copied, kept_encoder.into_sink().await) {
-        (Ok(()), Ok(kept_sink)) => kept_sink,
-        (Err(err), kept_sink) => {
-            if let Ok(kept_sink) = kept_sink {
-                let _ = kept_sink.abort().await;
-            }
-            let _ = rejected_sink.abort().await;
-            return Err(err);
-        }
-        (Ok(()), Err(err)) => {
-            let _ = rejected_sink.abort().await;
-            return Err(err);
-        }
-    };
+    if let Err(err) = copied {
+        let _ = kept_sink.abort().await;
+        let _ = rejected_sink.abort().await;
+        return Err(err);
+    }
 
     let rows_kept = kept_sink.rows();
     if rows_in != manifest.output.rows || rows_kept + counts.total() != rows_in {
