@@ -1227,20 +1227,26 @@ async fn a_clean_file_changed_after_clean_fails_transform_as_an_integrity_error_
     std::fs::write(&clean, bytes).unwrap();
     let curated_before = setup.keys("curated/").await;
 
-    let transformed = tripflow::stages::transform::run(
+    transform_again_fails_the_md5_check(&setup, &summary.clean).await;
+    assert_eq!(setup.keys("curated/").await, curated_before, "no curated file written");
+}
+
+/// Runs transform again over the run's clean output, which must fail its check against the clean
+/// manifest.
+async fn transform_again_fails_the_md5_check(setup: &Setup, clean: &tripflow::stages::clean::CleanOutput) {
+    let err = tripflow::stages::transform::run(
         &setup.ctx,
         tripflow::stages::transform::TransformInput {
             dataset: "yellow".into(),
             period: "2021-03".parse().unwrap(),
-            clean_key: summary.clean.clean_key.clone(),
-            manifest_key: summary.clean.manifest_key.clone(),
+            clean_key: clean.clean_key.clone(),
+            manifest_key: clean.manifest_key.clone(),
         },
     )
-    .await;
-    let err = transformed.unwrap_err();
+    .await
+    .unwrap_err();
     assert_eq!(err.name(), "IntegrityError", "{err}");
     assert!(err.to_string().contains("MD5"), "{err}");
-    assert_eq!(setup.keys("curated/").await, curated_before, "no curated file written");
 }
 
 #[tokio::test]
@@ -1318,19 +1324,7 @@ async fn a_day_of_more_row_groups_than_a_file_holds_goes_on_in_parts_that_all_lo
             .collect::<Vec<_>>()
     };
     let curated_before = (setup.keys("curated/").await, curated_bytes());
-    let err = tripflow::stages::transform::run(
-        &setup.ctx,
-        tripflow::stages::transform::TransformInput {
-            dataset: "yellow".into(),
-            period: "2021-03".parse().unwrap(),
-            clean_key: summary.clean.clean_key.clone(),
-            manifest_key: summary.clean.manifest_key.clone(),
-        },
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.name(), "IntegrityError", "{err}");
-    assert!(err.to_string().contains("MD5"), "{err}");
+    transform_again_fails_the_md5_check(&setup, &summary.clean).await;
     assert!(
         (setup.keys("curated/").await, curated_bytes()) == curated_before,
         "a curated file was written"
