@@ -552,7 +552,7 @@ const LANE_QUEUE_BATCHES: usize = 1;
 /// third of the time. Row groups are cut at `max_row_group_rows`, as [`ParquetSink`] cuts them.
 pub struct ColumnParallelSink {
     key: String,
-    sink: Option<Box<dyn ObjectSink>>,
+    sink: Box<dyn ObjectSink>,
     file: SerializedFileWriter<Vec<u8>>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
@@ -593,7 +593,7 @@ impl ColumnParallelSink {
         let sink = store.create(key).await?;
         Ok(ColumnParallelSink {
             key: key.to_string(),
-            sink: Some(sink),
+            sink,
             file,
             factory,
             schema,
@@ -705,14 +705,10 @@ impl ColumnParallelSink {
             .flush()
             .map_err(|e| write_error(&self.key, ParquetError::External(Box::new(e))))?;
         let written = std::mem::take(self.file.inner_mut());
-        match self.sink.as_mut() {
-            Some(sink) if !written.is_empty() => sink.write(Bytes::from(written)).await,
-            Some(_) => Ok(()),
-            None => Err(write_error(
-                &self.key,
-                ParquetError::General("write after completion".into()),
-            )),
+        if written.is_empty() {
+            return Ok(());
         }
+        self.sink.write(Bytes::from(written)).await
     }
 
     /// Closes the last row group, writes the footer and publishes the object.
@@ -723,26 +719,20 @@ impl ColumnParallelSink {
             self.send_written().await
         }
         .await;
-        let sink = self.sink.take();
-        match (finished, sink) {
-            (Ok(()), Some(sink)) => Ok((sink.finish().await?, self.rows)),
-            (Err(err), sink) => {
-                if let Some(sink) = sink {
-                    let _ = sink.abort().await;
-                }
+        match finished {
+            Ok(()) => Ok((self.sink.finish().await?, self.rows)),
+            Err(err) => {
+                let _ = self.sink.abort().await;
                 Err(err)
             }
-            (Ok(()), None) => Err(Error::InvalidInput(format!("{} finished twice", self.key))),
         }
     }
 
     /// Throws the file away; nothing appears in the store. The lanes stop when their queues close.
-    pub async fn abort(mut self) -> Result<()> {
-        self.group = None;
-        match self.sink.take() {
-            Some(sink) => sink.abort().await,
-            None => Ok(()),
-        }
+    pub async fn abort(self) -> Result<()> {
+        let ColumnParallelSink { sink, group, .. } = self;
+        drop(group);
+        sink.abort().await
     }
 }
 
