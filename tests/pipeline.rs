@@ -1207,7 +1207,8 @@ async fn a_raw_file_changed_after_ingest_is_an_integrity_error() {
             manifest_key: summary.ingest.manifest_key.clone(),
             max_rejected_ratio: None,
             allow_shrink: false,
-            run_id: summary.ingest.run_id.clone(),
+            // A run of its own: a rerun of the published run would answer with its report.
+            run_id: "a-second-clean".into(),
         },
     )
     .await;
@@ -1218,17 +1219,21 @@ async fn a_raw_file_changed_after_ingest_is_an_integrity_error() {
 async fn a_clean_file_changed_after_clean_fails_transform_as_an_integrity_error_and_writes_nothing() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 20_000, 12);
-    let summary = setup.run(&source, None).await.unwrap();
+    // A run not yet published: the rerun of a published one answers with its report unread.
+    let prepared = setup.prepare(&source).await;
     // One bit in the middle of the clean file: its pages may still decode, its MD5 cannot match.
-    let clean = setup.dir.path().join("zones").join(&summary.clean.clean_key);
+    let clean = setup.dir.path().join("zones").join(&prepared.cleaned.clean_key);
     let mut bytes = std::fs::read(&clean).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&clean, bytes).unwrap();
-    let curated_before = setup.keys("curated/").await;
+    let curated_before = setup.files("curated/").await;
 
-    transform_again_fails_the_md5_check(&setup, &summary.clean).await;
-    assert_eq!(setup.keys("curated/").await, curated_before, "no curated file written");
+    transform_again_fails_the_md5_check(&setup, &prepared.cleaned).await;
+    assert!(
+        setup.files("curated/").await == curated_before,
+        "a curated file was written"
+    );
 }
 
 /// Runs transform again over the run's clean output, which must fail its check against the clean
@@ -1289,11 +1294,12 @@ async fn a_day_of_more_row_groups_than_a_file_holds_goes_on_in_parts_that_all_lo
         assert!(row_groups <= 40, "{key} has {row_groups} row groups");
     }
 
-    // A rerun of the run's transform writes the same keys, the live ones among them. From a clean
-    // object that fails its check it finishes no part early: every live file keeps its bytes. The
-    // clean file is rewritten with every distance doubled, so it decodes to other rows and only
-    // the check can tell.
-    let clean = setup.dir.path().join("zones").join(&summary.clean.clean_key);
+    // A rerun of a transform writes the keys its first attempt wrote, the files load is to read.
+    // From a clean object that fails its check it finishes no part early: every file keeps its
+    // bytes. The clean file of a second run, prepared but not published, is rewritten with every
+    // distance doubled, so it decodes to other rows and only the check can tell.
+    let prepared = setup.prepare(&source).await;
+    let clean = setup.dir.path().join("zones").join(&prepared.cleaned.clean_key);
     let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&clean).unwrap())
         .unwrap()
         .build()
@@ -1317,18 +1323,79 @@ async fn a_day_of_more_row_groups_than_a_file_holds_goes_on_in_parts_that_all_lo
             .unwrap();
     }
     writer.close().unwrap();
-    let curated_bytes = || {
-        curated
-            .iter()
-            .map(|key| std::fs::read(setup.dir.path().join("zones").join(key)).unwrap())
-            .collect::<Vec<_>>()
-    };
-    let curated_before = (setup.keys("curated/").await, curated_bytes());
-    transform_again_fails_the_md5_check(&setup, &summary.clean).await;
+    let curated_before = setup.files("curated/").await;
     assert!(
-        (setup.keys("curated/").await, curated_bytes()) == curated_before,
+        curated_before
+            .keys()
+            .any(|k| k.ends_with(&format!("/part-{}.1.parquet", prepared.cleaned.run_id)))
+    );
+    transform_again_fails_the_md5_check(&setup, &prepared.cleaned).await;
+    assert!(
+        setup.files("curated/").await == curated_before,
         "a curated file was written"
     );
+}
+
+#[tokio::test]
+async fn a_rerun_of_a_published_runs_clean_or_transform_answers_with_its_report_and_writes_nothing() {
+    use tripflow::config::{LocationSwaps, RuleLimits};
+    use tripflow::stages::{clean, transform};
+
+    let setup = Setup::new().await;
+    let source = setup.generate("2021-03", 8_000, 21);
+    let summary = setup.run(&source, None).await.unwrap();
+    let before = setup.snapshot().await;
+    // Another build over the same zones, a console redrive say: with other rule limits and no
+    // location swaps, whatever it wrote under the run's keys would differ from the live files.
+    let other_build = StageContext::new(
+        setup.ctx.store.clone(),
+        PipelineConfig {
+            rules: RuleLimits {
+                max_speed_mph: 20.0,
+                ..RuleLimits::default()
+            },
+            location_swaps: LocationSwaps::none(),
+            ..PipelineConfig::default()
+        },
+    );
+    let cleaned = clean::run(
+        &other_build,
+        clean::CleanInput {
+            dataset: "yellow".into(),
+            period: "2021-03".parse().unwrap(),
+            raw_key: summary.ingest.raw_key.clone(),
+            manifest_key: summary.ingest.manifest_key.clone(),
+            max_rejected_ratio: None,
+            allow_shrink: false,
+            run_id: summary.ingest.run_id.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::to_value(&cleaned).unwrap(),
+        serde_json::to_value(&summary.clean).unwrap()
+    );
+    let transformed = transform::run(
+        &other_build,
+        transform::TransformInput {
+            dataset: "yellow".into(),
+            period: "2021-03".parse().unwrap(),
+            clean_key: summary.clean.clean_key.clone(),
+            manifest_key: summary.clean.manifest_key.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::to_value(&transformed).unwrap(),
+        serde_json::to_value(&summary.transform).unwrap()
+    );
+    assert!(
+        transformed.location_ids_swapped > 0,
+        "the report is the published run's"
+    );
+    assert_eq!(setup.snapshot().await, before, "no zone and no lake table changed");
 }
 
 #[tokio::test]

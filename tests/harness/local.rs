@@ -61,17 +61,18 @@ impl Setup {
         run_all(&self.ctx, &mut client, input).await
     }
 
-    /// A new run of `source` through ingest, clean and transform, not loaded or published: what a
-    /// test hands to `load::run` to drive the load and publish itself.
-    pub async fn prepare_load(&self, source: &Path) -> tripflow::stages::load::LoadInput {
+    /// A new run of `source` through ingest, clean and transform, not loaded or published.
+    pub async fn prepare(&self, source: &Path) -> tripflow::pipeline::PreparedRun {
         let input = IngestInput {
             source: source.display().to_string(),
             ..IngestInput::default()
         };
-        tripflow::pipeline::prepare(&self.ctx, input)
-            .await
-            .unwrap()
-            .load_input()
+        tripflow::pipeline::prepare(&self.ctx, input).await.unwrap()
+    }
+
+    /// What a test hands to `load::run` to drive the load and publish of a new run itself.
+    pub async fn prepare_load(&self, source: &Path) -> tripflow::stages::load::LoadInput {
+        self.prepare(source).await.load_input()
     }
 
     /// The month's live files in each lake table (what readers of the lake see), by table root.
@@ -88,6 +89,18 @@ impl Setup {
 
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         self.ctx.store.list(prefix).await.unwrap()
+    }
+
+    /// Every object under `prefix` with its bytes.
+    pub async fn files(&self, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+        let zones = self.dir.path().join("zones");
+        let keys = self.keys(prefix).await;
+        keys.into_iter()
+            .map(|key| {
+                let bytes = std::fs::read(zones.join(&key)).unwrap();
+                (key, bytes)
+            })
+            .collect()
     }
 }
 

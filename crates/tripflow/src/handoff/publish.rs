@@ -268,6 +268,33 @@ async fn collect_garbage(store: &dyn ObjectStore, layout: &Layout, dropped: &[i3
     }
 }
 
+/// What `stage` (clean or transform) reported for a run that load has accepted for publishing, if
+/// load has. The run's files are then the month's live files, or are becoming them, and a rerun of
+/// that stage over the same run (a console redrive, a replayed event) would write the same keys
+/// again: with another build's bytes, say, under checksums the published version vouches for. Such
+/// a rerun answers with the report it made then and writes nothing, as a rerun of load does.
+pub async fn report_of_accepted_run<T: Serialize + serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    run_id: &str,
+    stage: &str,
+) -> Result<Option<T>> {
+    let intent_key = layout.run_report_key(run_id, INTENT_REPORT);
+    let intent = match get_json::<PublishIntent>(store, &intent_key).await {
+        Ok(intent) => intent,
+        Err(Error::ObjectNotFound { .. }) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    if intent.state == IntentState::Abandoned {
+        return Err(Error::IntegrityError {
+            key: intent_key,
+            detail: "this run's publish was abandoned; run the month again".into(),
+        });
+    }
+    let report = Manifest::<T>::read(store, &layout.run_report_key(run_id, stage), stage, &layout.source_id()).await?;
+    Ok(Some(report.output))
+}
+
 /// Finishes every pending publish of the month except `except_run` (which its caller is about to
 /// finish itself). Called under the month's lease, at the start of a load or a restore, so a run
 /// killed mid-publish never leaves zones and database on different versions for longer than the

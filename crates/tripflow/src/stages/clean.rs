@@ -240,6 +240,12 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     } else {
         input.run_id.clone()
     };
+    if let Some(reported) =
+        crate::handoff::report_of_accepted_run::<CleanOutput>(store.as_ref(), &layout, &run_id, STAGE).await?
+    {
+        info!(%run_id, "this run is published: clean answers with its report and writes nothing");
+        return Ok(reported);
+    }
     let (clean_key, quarantine_key) = (layout.clean_key(&run_id), layout.quarantine_key(&run_id));
     info!(raw_key = %input.raw_key, %clean_key, "clean started");
     let (schema, stream) = open_projected(store, &input.raw_key).await?;

@@ -340,6 +340,19 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             detail: format!("not listed in the clean manifest {}", input.manifest_key),
         });
     };
+    let run_id = manifest.output.run_id.clone();
+    if run_id.is_empty() {
+        return Err(Error::IntegrityError {
+            key: input.manifest_key.clone(),
+            detail: "the clean manifest names no run".into(),
+        });
+    }
+    if let Some(reported) =
+        crate::handoff::report_of_accepted_run::<TransformOutput>(store.as_ref(), &layout, &run_id, STAGE).await?
+    {
+        info!(%run_id, "this run is published: transform answers with its report and writes nothing");
+        return Ok(reported);
+    }
     // The clean object is checked against its manifest (size and MD5) by a read of its own that
     // runs beside the decoding instead of before it. Nothing this stage writes is kept unless the
     // check passes, and its error wins over any the decoding met on a damaged object.
@@ -361,13 +374,6 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         })
     };
 
-    let run_id = manifest.output.run_id.clone();
-    if run_id.is_empty() {
-        return Err(Error::IntegrityError {
-            key: input.manifest_key.clone(),
-            detail: "the clean manifest names no run".into(),
-        });
-    }
     info!(clean_key = %input.clean_key, "transform started");
     let stream = match open_stream(store, &input.clean_key, None).await {
         Ok((_, stream)) => stream,
