@@ -29,6 +29,9 @@ PY = sys.executable
 
 def timed(cmd, env=None, stdout=subprocess.DEVNULL):
     """Runs cmd under /usr/bin/time; returns (seconds, peak RSS MiB, stdout text)."""
+    # What the previous contender wrote (a 10x run writes gigabytes) and what the bench deleted
+    # after it would otherwise be written back during this one's time.
+    os.sync()
     with tempfile.NamedTemporaryFile("r") as report:
         proc = subprocess.run(
             ["/usr/bin/time", "-f", "%e %M", "-o", report.name, *map(str, cmd)],
