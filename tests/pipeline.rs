@@ -1198,20 +1198,8 @@ async fn a_raw_file_changed_after_ingest_is_an_integrity_error() {
     let mut bytes = std::fs::read(&raw).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&raw, bytes).unwrap();
-    let cleaned = tripflow::stages::clean::run(
-        &setup.ctx,
-        tripflow::stages::clean::CleanInput {
-            dataset: "yellow".into(),
-            period: "2021-03".parse().unwrap(),
-            raw_key: summary.ingest.raw_key.clone(),
-            manifest_key: summary.ingest.manifest_key.clone(),
-            max_rejected_ratio: None,
-            allow_shrink: false,
-            // A run of its own: a rerun of the published run would answer with its report.
-            run_id: "a-second-clean".into(),
-        },
-    )
-    .await;
+    // A run of its own: a rerun of the published run would answer with its report.
+    let cleaned = tripflow::stages::clean::run(&setup.ctx, clean_input(&summary.ingest, "a-second-clean")).await;
     assert_eq!(cleaned.unwrap_err().name(), "IntegrityError");
 }
 
@@ -1236,20 +1224,35 @@ async fn a_clean_file_changed_after_clean_fails_transform_as_an_integrity_error_
     );
 }
 
+/// Clean's input for an ingested March, as run `run_id`.
+fn clean_input(ingest: &tripflow::stages::ingest::IngestOutput, run_id: &str) -> tripflow::stages::clean::CleanInput {
+    tripflow::stages::clean::CleanInput {
+        dataset: "yellow".into(),
+        period: "2021-03".parse().unwrap(),
+        raw_key: ingest.raw_key.clone(),
+        manifest_key: ingest.manifest_key.clone(),
+        max_rejected_ratio: None,
+        allow_shrink: false,
+        run_id: run_id.into(),
+    }
+}
+
+/// Transform's input after `clean`.
+fn transform_input(clean: &tripflow::stages::clean::CleanOutput) -> tripflow::stages::transform::TransformInput {
+    tripflow::stages::transform::TransformInput {
+        dataset: "yellow".into(),
+        period: "2021-03".parse().unwrap(),
+        clean_key: clean.clean_key.clone(),
+        manifest_key: clean.manifest_key.clone(),
+    }
+}
+
 /// Runs transform again over the run's clean output, which must fail its check against the clean
 /// manifest.
 async fn transform_again_fails_the_md5_check(setup: &Setup, clean: &tripflow::stages::clean::CleanOutput) {
-    let err = tripflow::stages::transform::run(
-        &setup.ctx,
-        tripflow::stages::transform::TransformInput {
-            dataset: "yellow".into(),
-            period: "2021-03".parse().unwrap(),
-            clean_key: clean.clean_key.clone(),
-            manifest_key: clean.manifest_key.clone(),
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = tripflow::stages::transform::run(&setup.ctx, transform_input(clean))
+        .await
+        .unwrap_err();
     assert_eq!(err.name(), "IntegrityError", "{err}");
     assert!(err.to_string().contains("MD5"), "{err}");
 }
@@ -1358,35 +1361,16 @@ async fn a_rerun_of_a_published_runs_clean_or_transform_answers_with_its_report_
             ..PipelineConfig::default()
         },
     );
-    let cleaned = clean::run(
-        &other_build,
-        clean::CleanInput {
-            dataset: "yellow".into(),
-            period: "2021-03".parse().unwrap(),
-            raw_key: summary.ingest.raw_key.clone(),
-            manifest_key: summary.ingest.manifest_key.clone(),
-            max_rejected_ratio: None,
-            allow_shrink: false,
-            run_id: summary.ingest.run_id.clone(),
-        },
-    )
-    .await
-    .unwrap();
+    let cleaned = clean::run(&other_build, clean_input(&summary.ingest, &summary.ingest.run_id))
+        .await
+        .unwrap();
     assert_eq!(
         serde_json::to_value(&cleaned).unwrap(),
         serde_json::to_value(&summary.clean).unwrap()
     );
-    let transformed = transform::run(
-        &other_build,
-        transform::TransformInput {
-            dataset: "yellow".into(),
-            period: "2021-03".parse().unwrap(),
-            clean_key: summary.clean.clean_key.clone(),
-            manifest_key: summary.clean.manifest_key.clone(),
-        },
-    )
-    .await
-    .unwrap();
+    let transformed = transform::run(&other_build, transform_input(&summary.clean))
+        .await
+        .unwrap();
     assert_eq!(
         serde_json::to_value(&transformed).unwrap(),
         serde_json::to_value(&summary.transform).unwrap()
