@@ -268,6 +268,22 @@ async fn collect_garbage(store: &dyn ObjectStore, layout: &Layout, dropped: &[i3
     }
 }
 
+/// The publish intent of a run that load has accepted, pending or done; `None` before load accepts
+/// it. An abandoned publish is an `IntegrityError`: its files may be gone, so nothing of the run
+/// can be finished or reported, only the month run again.
+pub async fn accepted_intent(store: &dyn ObjectStore, layout: &Layout, run_id: &str) -> Result<Option<PublishIntent>> {
+    let intent_key = layout.run_report_key(run_id, INTENT_REPORT);
+    match get_json::<PublishIntent>(store, &intent_key).await {
+        Ok(intent) if intent.state == IntentState::Abandoned => Err(Error::IntegrityError {
+            key: intent_key,
+            detail: "this run's publish was abandoned; run the month again".into(),
+        }),
+        Ok(intent) => Ok(Some(intent)),
+        Err(Error::ObjectNotFound { .. }) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 /// What `stage` (clean or transform) reported for a run that load has accepted for publishing, if
 /// load has. The run's files are then the month's live files, or are becoming them, and a rerun of
 /// that stage over the same run (a console redrive, a replayed event) would write the same keys
@@ -279,17 +295,8 @@ pub async fn report_of_accepted_run<T: Serialize + serde::de::DeserializeOwned>(
     run_id: &str,
     stage: &str,
 ) -> Result<Option<T>> {
-    let intent_key = layout.run_report_key(run_id, INTENT_REPORT);
-    let intent = match get_json::<PublishIntent>(store, &intent_key).await {
-        Ok(intent) => intent,
-        Err(Error::ObjectNotFound { .. }) => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    if intent.state == IntentState::Abandoned {
-        return Err(Error::IntegrityError {
-            key: intent_key,
-            detail: "this run's publish was abandoned; run the month again".into(),
-        });
+    if accepted_intent(store, layout, run_id).await?.is_none() {
+        return Ok(None);
     }
     let report = Manifest::<T>::read(store, &layout.run_report_key(run_id, stage), stage, &layout.source_id()).await?;
     Ok(Some(report.output))

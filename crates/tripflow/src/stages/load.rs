@@ -95,25 +95,15 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     handoff::roll_forward(ctx, client, &layout, Some(&run_id)).await?;
 
     // A retried load of a run that already reached its publish resumes it instead of loading again.
-    let intent_key = layout.run_report_key(&run_id, handoff::INTENT_REPORT);
-    match get_json::<PublishIntent>(store.as_ref(), &intent_key).await {
-        Ok(intent) => match intent.state {
-            IntentState::Pending => return handoff::publish(ctx, client, intent).await,
-            IntentState::Done => {
-                let record: handoff::VersionRecord =
-                    get_json(store.as_ref(), &layout.version_key(intent.staged.version)).await?;
-                return Ok(record.load);
-            }
-            IntentState::Abandoned => {
-                return Err(Error::IntegrityError {
-                    key: intent_key,
-                    detail: "this run's publish was abandoned; run the month again".into(),
-                });
-            }
-        },
-        Err(Error::ObjectNotFound { .. }) => {}
-        Err(err) => return Err(err),
+    if let Some(intent) = handoff::accepted_intent(store.as_ref(), &layout, &run_id).await? {
+        if intent.state == IntentState::Pending {
+            return handoff::publish(ctx, client, intent).await;
+        }
+        let record: handoff::VersionRecord =
+            get_json(store.as_ref(), &layout.version_key(intent.staged.version)).await?;
+        return Ok(record.load);
     }
+    let intent_key = layout.run_report_key(&run_id, handoff::INTENT_REPORT);
 
     let manifest_md5 = md5_of(store.as_ref(), &input.manifest_key).await?.md5;
     let rows_curated = manifest.output.rows_curated;
