@@ -15,6 +15,7 @@ use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tripflow::checksum::md5_hex;
 use tripflow::config::PipelineConfig;
 use tripflow::stages::ingest::IngestInput;
 use tripflow_tests::expected::expected_from_file;
@@ -516,10 +517,10 @@ async fn a_refused_file_keeps_the_accepted_raw_copy_and_leaves_no_copy_of_its_ow
     let tiny = write(&march(&work, "tiny"), &month.head(10));
     assert_eq!(setup.run(&tiny, None).await.unwrap_err().name(), "SuspiciousShrink");
     assert_eq!(setup.keys("raw/").await, vec![accepted.ingest.raw_key.clone()]);
-    let raw = tripflow::storage::md5_of(setup.ctx.store.as_ref(), &accepted.ingest.raw_key)
+    let raw = tripflow::storage::get_bytes(setup.ctx.store.as_ref(), &accepted.ingest.raw_key)
         .await
         .unwrap();
-    assert_eq!(raw.md5, accepted.md5, "the accepted copy is byte-exact");
+    assert_eq!(md5_hex(&raw), accepted.md5, "the accepted copy is byte-exact");
     // The refusal is reported under the refused run, beside the month's current reports.
     let reports = setup.keys("reports/yellow/2021-03/runs/").await;
     assert!(reports.len() >= 2, "{reports:?}");

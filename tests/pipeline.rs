@@ -245,7 +245,7 @@ async fn restore_makes_every_zone_and_the_answers_equal_the_earlier_version_agai
     let setup = Setup::new().await;
     let a = setup.run(&setup.generate("2021-03", 12_000, 31), None).await.unwrap();
     let a_files = setup.live_files("2021-03").await;
-    let a_clean_report = tripflow::storage::md5_of(setup.ctx.store.as_ref(), "reports/yellow/2021-03/clean.json")
+    let a_clean_report = tripflow::storage::get_bytes(setup.ctx.store.as_ref(), "reports/yellow/2021-03/clean.json")
         .await
         .unwrap();
     let b = setup.run(&setup.generate("2021-03", 9_000, 32), None).await.unwrap();
@@ -269,7 +269,7 @@ async fn restore_makes_every_zone_and_the_answers_equal_the_earlier_version_agai
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, a.rows_loaded);
     // The current report is A's again, so the shrink guard measures against A.
     assert_eq!(
-        tripflow::storage::md5_of(setup.ctx.store.as_ref(), "reports/yellow/2021-03/clean.json")
+        tripflow::storage::get_bytes(setup.ctx.store.as_ref(), "reports/yellow/2021-03/clean.json")
             .await
             .unwrap(),
         a_clean_report
@@ -627,7 +627,7 @@ async fn a_curated_file_damaged_after_transform_fails_the_load_in_its_one_read_a
 
     let err = refused.refused_as("IntegrityError").await;
     assert!(err.to_string().contains(damaged.as_str()), "{err}");
-    assert!(err.to_string().contains("MD5"), "{err}");
+    assert!(err.to_string().contains("CRC64-NVME"), "{err}");
 }
 
 #[tokio::test]
@@ -1106,21 +1106,10 @@ async fn a_checksum_mismatch_keeps_nothing() {
 async fn a_matching_md5_is_reported_as_verified() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 5_000, 3);
-    let md5 = {
-        use md5_hex::hex_of;
-        hex_of(&std::fs::read(&source).unwrap())
-    };
+    let md5 = { tripflow::checksum::md5_hex(&std::fs::read(&source).unwrap()) };
     let summary = setup.run(&source, Some(&md5.to_uppercase())).await.unwrap();
     assert!(summary.ingest.md5_verified);
     assert_eq!(summary.md5, md5);
-}
-
-mod md5_hex {
-    pub fn hex_of(bytes: &[u8]) -> String {
-        let mut counter = tripflow::checksum::Md5Counter::new();
-        counter.update(bytes);
-        counter.finish_hex()
-    }
 }
 
 #[tokio::test]
@@ -1217,7 +1206,7 @@ async fn a_clean_file_changed_after_clean_fails_transform_as_an_integrity_error_
     std::fs::write(&clean, bytes).unwrap();
     let curated_before = setup.files("curated/").await;
 
-    transform_again_fails_the_md5_check(&setup, &prepared.cleaned).await;
+    transform_again_fails_the_checksum_check(&setup, &prepared.cleaned).await;
     assert!(
         setup.files("curated/").await == curated_before,
         "a curated file was written"
@@ -1249,12 +1238,12 @@ fn transform_input(clean: &tripflow::stages::clean::CleanOutput) -> tripflow::st
 
 /// Runs transform again over the run's clean output, which must fail its check against the clean
 /// manifest.
-async fn transform_again_fails_the_md5_check(setup: &Setup, clean: &tripflow::stages::clean::CleanOutput) {
+async fn transform_again_fails_the_checksum_check(setup: &Setup, clean: &tripflow::stages::clean::CleanOutput) {
     let err = tripflow::stages::transform::run(&setup.ctx, transform_input(clean))
         .await
         .unwrap_err();
     assert_eq!(err.name(), "IntegrityError", "{err}");
-    assert!(err.to_string().contains("MD5"), "{err}");
+    assert!(err.to_string().contains("CRC64-NVME"), "{err}");
 }
 
 #[tokio::test]
@@ -1332,7 +1321,7 @@ async fn a_day_of_more_row_groups_than_a_file_holds_goes_on_in_parts_that_all_lo
             .keys()
             .any(|k| k.ends_with(&format!("/part-{}.1.parquet", prepared.cleaned.run_id)))
     );
-    transform_again_fails_the_md5_check(&setup, &prepared.cleaned).await;
+    transform_again_fails_the_checksum_check(&setup, &prepared.cleaned).await;
     assert!(
         setup.files("curated/").await == curated_before,
         "a curated file was written"
@@ -1420,8 +1409,10 @@ async fn zones_and_rows(setup: &Setup) -> (Vec<(String, String)>, String) {
     let mut objects = Vec::new();
     for zone in ["clean/", "quarantine/", "curated/"] {
         for key in setup.keys(zone).await {
-            let info = tripflow::storage::md5_of(setup.ctx.store.as_ref(), &key).await.unwrap();
-            objects.push((key, info.md5));
+            let bytes = tripflow::storage::get_bytes(setup.ctx.store.as_ref(), &key)
+                .await
+                .unwrap();
+            objects.push((key, tripflow::checksum::md5_hex(&bytes)));
         }
     }
     let rows: String = setup

@@ -283,10 +283,9 @@ impl Setup {
         )
         .unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        let mut md5 = tripflow::checksum::Md5Counter::new();
-        md5.update(&bytes);
+        let md5 = tripflow::checksum::md5_hex(&bytes);
         self.upload(key, bytes).await;
-        md5.finish_hex()
+        md5
     }
 
     /// Starts an execution named `name` and waits for it to leave RUNNING.

@@ -138,11 +138,10 @@ impl Setup {
                 if key.contains("/runs/") || (lake_zone && !key.contains("/_delta_log/") && !live.contains(&key)) {
                     continue;
                 }
-                let md5 = tripflow::storage::md5_of(self.ctx.store.as_ref(), &key)
+                let bytes = tripflow::storage::get_bytes(self.ctx.store.as_ref(), &key)
                     .await
-                    .unwrap()
-                    .md5;
-                objects.insert(key, md5);
+                    .unwrap();
+                objects.insert(key, tripflow::checksum::md5_hex(&bytes));
             }
         }
         let client = self.pg.client().await;

@@ -20,7 +20,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirecti
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
 use tracing::{debug, info, warn};
-use tripflow::checksum::Md5Counter;
+use tripflow::checksum::ChecksumCounter;
 use tripflow::error::{Error, Result};
 use tripflow::storage::{ByteStream, Expect, ObjectInfo, ObjectSink, ObjectStore, Tagged};
 
@@ -369,7 +369,8 @@ impl ObjectStore for S3Store {
             bucket: self.bucket.clone(),
             key: key.to_string(),
             buffer: BytesMut::new(),
-            md5: Md5Counter::new(),
+            md5: ChecksumCounter::md5(),
+            crc: ChecksumCounter::crc64nvme(),
             upload: None,
             in_flight: self.in_flight.clone(),
         }))
@@ -481,7 +482,10 @@ struct S3Sink {
     key: String,
     /// Bytes not yet sent. Never more than `PART_BYTES` plus one written chunk.
     buffer: BytesMut,
-    md5: Md5Counter,
+    /// For the object's `x-amz-meta-md5`.
+    md5: ChecksumCounter,
+    /// For the manifests, which pin our zones' objects by CRC64-NVME.
+    crc: ChecksumCounter,
     /// Set once the object outgrows one part. Taken (left `None`) when completed or aborted, so
     /// `Drop` knows whether an upload is still open.
     upload: Option<Multipart>,
@@ -666,6 +670,7 @@ impl S3Sink {
 impl ObjectSink for S3Sink {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.md5.update(&chunk);
+        self.crc.update(&chunk);
         self.buffer.extend_from_slice(&chunk);
         if let Err(err) = self.drain_full_parts().await {
             if let Err(abort_err) = self.abort_upload().await {
@@ -676,13 +681,12 @@ impl ObjectSink for S3Sink {
         Ok(())
     }
 
-    fn written(&self) -> &Md5Counter {
-        &self.md5
-    }
-
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
         let size = self.md5.bytes();
-        let md5 = std::mem::take(&mut self.md5).finish_hex();
+        let md5 = std::mem::replace(&mut self.md5, ChecksumCounter::md5())
+            .finish()
+            .value()
+            .to_string();
         let multipart = self.upload.is_some();
         let written = if multipart {
             self.complete_upload(size, &md5).await
@@ -695,11 +699,12 @@ impl ObjectSink for S3Sink {
             }
             return Err(err);
         }
-        info!(key = %self.key, size, %md5, multipart, "object written");
+        let checksum = self.crc.clone().finish();
+        info!(key = %self.key, size, %md5, %checksum, multipart, "object written");
         Ok(ObjectInfo {
             key: self.key.clone(),
             size_bytes: size,
-            md5,
+            checksum,
         })
     }
 

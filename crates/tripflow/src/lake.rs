@@ -449,7 +449,7 @@ mod tests {
             object: ObjectInfo {
                 key: key.into(),
                 size_bytes: 100,
-                md5: "0".repeat(32),
+                checksum: crate::checksum::Checksum::Crc64nvme("AAAAAAAAAAA=".into()),
             },
             rows,
         }

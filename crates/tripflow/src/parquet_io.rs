@@ -247,7 +247,7 @@ impl ReadAhead {
     }
 
     /// The batches of several whole objects of our own zones, each read in one GET that also checks
-    /// it against the size and MD5 its manifest recorded ([`read_verified`]): every object is read
+    /// it against the size and checksum its manifest recorded ([`read_verified`]): every object is read
     /// once, and no row of one that fails the check is decoded. For objects small enough to hold
     /// (a day of curated trips).
     pub fn verified_objects(store: Arc<dyn ObjectStore>, objects: Vec<ObjectInfo>) -> Self {
@@ -421,7 +421,7 @@ impl AsyncFileWriter for SinkWriter {
 ///
 /// No page CRCs: parquet 60's writer cannot write them (`crc: None` in its page header, marked
 /// TODO upstream); readers verify them wherever a file has them. Our own objects are guarded
-/// instead by the MD5 each manifest records and each stage re-checks before reading.
+/// instead by the CRC64-NVME each manifest records and each stage re-checks before reading.
 pub fn writer_properties(key: &str, max_row_group_rows: usize) -> WriterProperties {
     let builder = WriterProperties::builder()
         .set_compression(compression_of(key))
@@ -859,9 +859,9 @@ mod tests {
         assert_eq!(written, 10_000);
         let bytes = std::fs::read(dir.path().join("clean/t")).unwrap();
         assert_eq!(object.size_bytes, bytes.len() as u64);
-        let mut md5 = crate::checksum::Md5Counter::new();
-        md5.update(&bytes);
-        assert_eq!(object.md5, md5.finish_hex());
+        let mut crc = crate::checksum::ChecksumCounter::crc64nvme();
+        crc.update(&bytes);
+        assert_eq!(object.checksum, crc.finish());
 
         let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes)).unwrap();
         let row_groups: Vec<i64> = reader.metadata().row_groups().iter().map(|g| g.num_rows()).collect();
@@ -934,13 +934,13 @@ mod tests {
 
         // An object that is not what its manifest says yields no row at all.
         let claimed = ObjectInfo {
-            md5: "0".repeat(32),
+            checksum: crate::checksum::Checksum::Crc64nvme("AAAAAAAAAAA=".into()),
             ..b.clone()
         };
         let mut batches = ReadAhead::verified_objects(store.clone(), vec![claimed]);
         let err = batches.next_batch().await.unwrap_err();
         assert_eq!(err.name(), "IntegrityError", "{err}");
-        assert!(err.to_string().contains("MD5"), "{err}");
+        assert!(err.to_string().contains("CRC64-NVME"), "{err}");
 
         // A reader that stops early stops the decoder with it.
         let mut batches = ReadAhead::verified_objects(store, vec![a; 50]);

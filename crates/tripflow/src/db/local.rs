@@ -98,9 +98,8 @@ fn cluster_home(requested: &Path, uid: u32) -> Result<PathBuf> {
     let Some(blocked) = unreachable_ancestor(requested, uid) else {
         return Ok(requested.to_path_buf());
     };
-    let mut name = crate::checksum::Md5Counter::new();
-    name.update(requested.as_os_str().as_encoded_bytes());
-    let home = Path::new(RELOCATED_CLUSTERS).join(&name.finish_hex()[..16]);
+    let name = crate::checksum::md5_hex(requested.as_os_str().as_encoded_bytes());
+    let home = Path::new(RELOCATED_CLUSTERS).join(&name[..16]);
     let parent = Path::new(RELOCATED_CLUSTERS);
     std::fs::create_dir_all(parent).map_err(|e| unavailable(format!("creating {}: {e}", parent.display())))?;
     std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o711))

@@ -20,7 +20,7 @@ use tokio_postgres::{Client, CopyInSink, GenericClient, Transaction};
 use tracing::{info, warn};
 
 use super::{TRIPS_TABLE, WeeklySlowPickup, classify, weekly_row};
-use crate::checksum::Md5Counter;
+use crate::checksum::md5_hex;
 use crate::error::{Error, Result};
 
 /// Previous versions kept per source besides the current one.
@@ -175,9 +175,7 @@ pub fn partition_table_name(source_id: &str, version: i32) -> String {
         })
         .collect();
     slug.truncate(24);
-    let mut md5 = Md5Counter::new();
-    md5.update(source_id.as_bytes());
-    let hash = md5.finish_hex();
+    let hash = md5_hex(source_id.as_bytes());
     format!("trips_p_{slug}_{}_v{version}", &hash[..8])
 }
 

@@ -1,4 +1,4 @@
-//! Manifests: what each stage wrote (key, size, MD5, rows), stored under `reports/`. The next stage
+//! Manifests: what each stage wrote (key, size, CRC64-NVME, rows), stored under `reports/`. The next stage
 //! checks its input objects against the manifest before reading them, so a file replaced or damaged
 //! between stages is caught (`IntegrityError`) instead of silently processed.
 

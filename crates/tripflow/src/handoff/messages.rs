@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::checksum::Md5Counter;
+use crate::checksum::md5_hex;
 use crate::period::Period;
 
 /// A new run's id: sortable by start time, unique across concurrent runs (`20210401T120000Z-1a2b3c4d`).
@@ -13,11 +13,11 @@ pub fn new_run_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let now = chrono::Utc::now();
-    let mut entropy = Md5Counter::new();
-    entropy.update(&now.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
-    entropy.update(&std::process::id().to_le_bytes());
-    entropy.update(&SEQUENCE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &entropy.finish_hex()[..8])
+    let mut entropy = Vec::with_capacity(20);
+    entropy.extend_from_slice(&now.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
+    entropy.extend_from_slice(&std::process::id().to_le_bytes());
+    entropy.extend_from_slice(&SEQUENCE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &md5_hex(&entropy)[..8])
 }
 
 /// The stage names: in manifests' `stage` field, run report names, logs and metrics.

@@ -15,7 +15,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use tracing::info;
 
 use super::{StageContext, Verdict};
-use crate::checksum::parse_md5_hex;
+use crate::checksum::{ChecksumCounter, parse_md5_hex};
 use crate::contract;
 use crate::error::{Error, Result, chain};
 use crate::handoff::manifest::{Manifest, ManifestObject};
@@ -320,16 +320,17 @@ pub async fn run_as(ctx: &StageContext, input: IngestInput, run_id: String) -> R
     let progress = StageProgress::begin(ctx.progress.as_ref(), STAGE, Unit::Bytes, size);
     let streamed = async {
         let mut ends = EndsKeeper::default();
+        // The source's MD5, of exactly the bytes the sink is given: one pass, no second read.
+        let mut md5 = ChecksumCounter::md5();
         while let Some(chunk) = body.try_next().await? {
             progress.advance(chunk.len() as u64);
             ends.push(&chunk);
+            md5.update(&chunk);
             sink.write(chunk).await?;
         }
-        // The sink hashed every byte it was given: the MD5 checked is that of what was written.
-        let written = sink.written().clone();
-        let size = written.bytes();
+        let size = md5.bytes();
         Ok::<_, Error>(Streamed {
-            md5: written.finish_hex(),
+            md5: md5.finish().value().to_string(),
             size,
             head: ends.head,
             tail: ends.tail,

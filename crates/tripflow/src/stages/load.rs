@@ -14,6 +14,7 @@ use tracing::info;
 
 use super::StageContext;
 use crate::answers::SlowTally;
+use crate::checksum::md5_hex;
 use crate::db;
 use crate::db::versions::{self, CopyOut, StageRequest, TripRows, VersionAnswers};
 use crate::error::{Error, Result};
@@ -22,7 +23,7 @@ use crate::handoff::{self, IntentState, PublishIntent};
 use crate::handoff::{CLEAN, TRANSFORM, TransformOutput};
 use crate::parquet_io::ReadAhead;
 use crate::progress::{StageProgress, Unit};
-use crate::storage::{Layout, ObjectInfo, get_json, md5_of, put_json};
+use crate::storage::{Layout, ObjectInfo, get_bytes, get_json, put_json};
 
 pub const STAGE: &str = crate::handoff::LOAD;
 
@@ -105,7 +106,7 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
     }
     let intent_key = layout.run_report_key(&run_id, handoff::INTENT_REPORT);
 
-    let manifest_md5 = md5_of(store.as_ref(), &input.manifest_key).await?.md5;
+    let manifest_md5 = md5_hex(&get_bytes(store.as_ref(), &input.manifest_key).await?);
     let rows_curated = manifest.output.rows_curated;
     let request = StageRequest {
         source_id: source_id.clone(),

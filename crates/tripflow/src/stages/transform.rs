@@ -353,7 +353,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         info!(%run_id, "this run is published: transform answers with its report and writes nothing");
         return Ok(reported);
     }
-    // The clean object is checked against its manifest (size and MD5) by a read of its own that
+    // The clean object is checked against its manifest (size and CRC64-NVME) by a read of its own that
     // runs beside the decoding instead of before it. Nothing this stage writes is kept unless the
     // check passes, and its error wins over any the decoding met on a damaged object.
     let input_checked = Arc::new(AtomicBool::new(false));

@@ -12,7 +12,7 @@ use tokio::fs;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{ByteStream, Expect, ObjectInfo, ObjectSink, ObjectStore, Tagged};
-use crate::checksum::Md5Counter;
+use crate::checksum::{ChecksumCounter, md5_hex};
 use crate::error::{Error, Result};
 
 const CHUNK_BYTES: usize = 1 << 20;
@@ -235,7 +235,7 @@ impl ObjectStore for LocalStore {
             target,
             staging,
             file: Some(file),
-            md5: Md5Counter::new(),
+            checksum: ChecksumCounter::crc64nvme(),
         }))
     }
 
@@ -357,10 +357,8 @@ impl LocalStore {
 
 /// A local object's tag is the MD5 of its bytes, as S3's ETag is for a single-part object.
 fn tagged(body: Bytes) -> Tagged {
-    let mut md5 = Md5Counter::new();
-    md5.update(&body);
     Tagged {
-        tag: md5.finish_hex(),
+        tag: md5_hex(&body),
         body,
     }
 }
@@ -390,7 +388,7 @@ struct LocalSink {
     staging: PathBuf,
     /// `None` only after a write was interrupted (its task kept the file): the sink is then broken.
     file: Option<std::fs::File>,
-    md5: Md5Counter,
+    checksum: ChecksumCounter,
 }
 
 fn interrupted_write() -> std::io::Error {
@@ -400,7 +398,7 @@ fn interrupted_write() -> std::io::Error {
 #[async_trait]
 impl ObjectSink for LocalSink {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        self.md5.update(&chunk);
+        self.checksum.update(&chunk);
         let key = self.key.clone();
         let mut file = self
             .file
@@ -414,10 +412,6 @@ impl ObjectSink for LocalSink {
         .await?;
         self.file = Some(file);
         Ok(())
-    }
-
-    fn written(&self) -> &Md5Counter {
-        &self.md5
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
@@ -442,11 +436,10 @@ impl ObjectSink for LocalSink {
             let _ = fs::remove_file(&self.staging).await;
             return Err(err);
         }
-        let size_bytes = self.md5.bytes();
         Ok(ObjectInfo {
             key,
-            size_bytes,
-            md5: self.md5.clone().finish_hex(),
+            size_bytes: self.checksum.bytes(),
+            checksum: self.checksum.clone().finish(),
         })
     }
 
@@ -469,7 +462,8 @@ impl Drop for LocalSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{get_bytes, md5_of, put_bytes};
+    use crate::checksum::Checksum;
+    use crate::storage::{checksum_of, get_bytes, put_bytes};
 
     #[test]
     fn a_month_is_held_by_one_run_at_a_time_and_released_with_its_lock() {
@@ -505,6 +499,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_object_pinned_by_an_older_manifests_md5_is_still_checked_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        put_bytes(&store, "clean/a.parquet", Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        let pinned = |md5: &str| -> crate::storage::ObjectInfo {
+            serde_json::from_value(serde_json::json!({"key": "clean/a.parquet", "size_bytes": 5, "md5": md5})).unwrap()
+        };
+        crate::storage::verify_object(&store, &pinned("5d41402abc4b2a76b9719d911017c592"))
+            .await
+            .unwrap();
+        let err = crate::storage::verify_object(&store, &pinned("00000000000000000000000000000000"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.name(), "IntegrityError");
+        assert!(
+            err.to_string().contains("MD5 5d41402abc4b2a76b9719d911017c592"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn object_is_invisible_until_finish_and_gone_after_abort() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
@@ -513,8 +530,18 @@ mod tests {
         assert_eq!(store.size("raw/a/b.parquet").await.unwrap(), None);
         let info = sink.finish().await.unwrap();
         assert_eq!(info.size_bytes, 5);
-        assert_eq!(info.md5, "5d41402abc4b2a76b9719d911017c592");
-        assert_eq!(md5_of(&store, "raw/a/b.parquet").await.unwrap(), info);
+        let mut crc = ChecksumCounter::crc64nvme();
+        crc.update(b"hello");
+        assert_eq!(info.checksum, crc.finish());
+        assert_eq!(
+            checksum_of(&store, "raw/a/b.parquet", &info.checksum).await.unwrap(),
+            info
+        );
+        let md5 = Checksum::Md5("5d41402abc4b2a76b9719d911017c592".into());
+        assert_eq!(
+            checksum_of(&store, "raw/a/b.parquet", &md5).await.unwrap().checksum,
+            md5
+        );
 
         let mut sink = store.create("raw/a/c.parquet").await.unwrap();
         sink.write(Bytes::from_static(b"partial")).await.unwrap();

@@ -20,18 +20,20 @@ use serde::{Deserialize, Serialize};
 pub use layout::Layout;
 pub use local::LocalStore;
 
-use crate::checksum::Md5Counter;
+use crate::checksum::{Checksum, ChecksumCounter};
 use crate::error::{Error, Result};
 
 /// A stream of body chunks.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
-/// What a finished write produced.
+/// What a finished write produced: what a manifest pins an object with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectInfo {
     pub key: String,
     pub size_bytes: u64,
-    pub md5: String,
+    /// CRC64-NVME for what this version writes (`"crc64nvme": "..."`), MD5 in older manifests.
+    #[serde(flatten)]
+    pub checksum: Checksum,
 }
 
 #[async_trait]
@@ -100,12 +102,8 @@ impl Expect<'_> {
 pub trait ObjectSink: Send {
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
 
-    /// The size and MD5 of what was written so far, which every sink computes for the
-    /// [`ObjectInfo`] it returns. Ingest checks a source's MD5 here before publishing it, instead
-    /// of hashing every byte a second time.
-    fn written(&self) -> &crate::checksum::Md5Counter;
-
-    /// Publishes the object and returns its size and MD5.
+    /// Publishes the object and returns its size and CRC64-NVME, which every sink computes as the
+    /// bytes go by.
     async fn finish(self: Box<Self>) -> Result<ObjectInfo>;
 
     /// Throws the partial object away.
@@ -141,31 +139,31 @@ pub async fn get_json<T: for<'de> Deserialize<'de>>(store: &dyn ObjectStore, key
     })
 }
 
-/// Streams the object through MD5 without keeping it. Used to verify an input against its manifest.
-pub async fn md5_of(store: &dyn ObjectStore, key: &str) -> Result<ObjectInfo> {
+/// Streams the object through a checksum like `recorded`'s, without keeping it.
+pub async fn checksum_of(store: &dyn ObjectStore, key: &str, recorded: &Checksum) -> Result<ObjectInfo> {
     use futures::TryStreamExt;
     let mut stream = store.get(key).await?;
-    let mut md5 = Md5Counter::new();
+    let mut counter = ChecksumCounter::like(recorded);
     while let Some(chunk) = stream.try_next().await? {
-        md5.update(&chunk);
+        counter.update(&chunk);
     }
     Ok(ObjectInfo {
         key: key.to_string(),
-        size_bytes: md5.bytes(),
-        md5: md5.finish_hex(),
+        size_bytes: counter.bytes(),
+        checksum: counter.finish(),
     })
 }
 
-/// Fails with `IntegrityError` unless `key` still has the size and MD5 a manifest recorded.
+/// Fails with `IntegrityError` unless `key` still has the size and checksum a manifest recorded.
 pub async fn verify_object(store: &dyn ObjectStore, expected: &ObjectInfo) -> Result<()> {
-    let actual = match md5_of(store, &expected.key).await {
+    let actual = match checksum_of(store, &expected.key, &expected.checksum).await {
         Err(Error::ObjectNotFound { key }) => return Err(missing_from_store(key)),
         other => other?,
     };
     check_against(expected, &actual)
 }
 
-/// Reads a whole object, checking it against the size and MD5 a manifest recorded on the way
+/// Reads a whole object, checking it against the size and checksum a manifest recorded on the way
 /// (`IntegrityError` otherwise): verified and read in one GET. For objects small enough to hold.
 pub async fn read_verified(store: &dyn ObjectStore, expected: &ObjectInfo) -> Result<Bytes> {
     use futures::TryStreamExt;
@@ -173,16 +171,16 @@ pub async fn read_verified(store: &dyn ObjectStore, expected: &ObjectInfo) -> Re
         Err(Error::ObjectNotFound { key }) => return Err(missing_from_store(key)),
         other => other?,
     };
-    let mut md5 = Md5Counter::new();
+    let mut counter = ChecksumCounter::like(&expected.checksum);
     let mut whole = bytes::BytesMut::with_capacity(usize::try_from(expected.size_bytes).unwrap_or(0));
     while let Some(chunk) = stream.try_next().await? {
-        md5.update(&chunk);
+        counter.update(&chunk);
         whole.extend_from_slice(&chunk);
     }
     let actual = ObjectInfo {
         key: expected.key.clone(),
-        size_bytes: md5.bytes(),
-        md5: md5.finish_hex(),
+        size_bytes: counter.bytes(),
+        checksum: counter.finish(),
     };
     check_against(expected, &actual)?;
     Ok(whole.freeze())
@@ -196,12 +194,12 @@ fn missing_from_store(key: String) -> Error {
 }
 
 fn check_against(expected: &ObjectInfo, actual: &ObjectInfo) -> Result<()> {
-    if actual.md5 != expected.md5 || actual.size_bytes != expected.size_bytes {
+    if actual.checksum != expected.checksum || actual.size_bytes != expected.size_bytes {
         return Err(Error::IntegrityError {
             key: expected.key.clone(),
             detail: format!(
-                "manifest says {} bytes with MD5 {}, store has {} bytes with MD5 {}",
-                expected.size_bytes, expected.md5, actual.size_bytes, actual.md5
+                "manifest says {} bytes with {}, store has {} bytes with {}",
+                expected.size_bytes, expected.checksum, actual.size_bytes, actual.checksum
             ),
         });
     }
