@@ -4,9 +4,10 @@
 //! - **MD5** is what TLC publishes beside its files and what S3's ETag of a single-part upload is:
 //!   ingest checks a source against it.
 //! - **CRC64-NVME** pins the objects of our own zones in the manifests, and the next stage checks
-//!   its inputs against it. It runs on the CPU's carry-less multiply (over 10 GB/s on one core,
-//!   where MD5 does some 0.7 GB/s: MD5 was a tenth of clean's and transform's CPU), and it is the
-//!   checksum S3 itself computes and keeps for every object it stores.
+//!   its inputs against it. It runs on the CPU's carry-less multiply: in `perf` of a whole run it
+//!   is 0.3% of the samples for some 280 MB checked or written, where MD5 is 2.3% for the source's
+//!   47 MB (and was a tenth of clean's and transform's CPU before). It is also the checksum S3
+//!   itself computes and keeps for every object it stores.
 
 use base64::Engine;
 use md5::{Digest, Md5};
