@@ -20,7 +20,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirecti
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
 use tracing::{debug, info, warn};
-use tripflow::checksum::ChecksumCounter;
+use tripflow::checksum::{ChecksumCounter, md5_hex};
 use tripflow::error::{Error, Result};
 use tripflow::storage::{ByteStream, Expect, ObjectInfo, ObjectSink, ObjectStore, Tagged};
 
@@ -432,7 +432,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .content_md5(md5_base64(&body))
-            .metadata(MD5_METADATA_KEY, hex::encode(Md5::digest(&body)))
+            .metadata(MD5_METADATA_KEY, md5_hex(&body))
             .body(SdkByteStream::from(body));
         let request = match expect {
             Expect::Absent => request.if_none_match("*"),
@@ -683,10 +683,7 @@ impl ObjectSink for S3Sink {
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
         let size = self.md5.bytes();
-        let md5 = std::mem::replace(&mut self.md5, ChecksumCounter::md5())
-            .finish()
-            .value()
-            .to_string();
+        let md5 = self.md5.clone().finish().value().to_string();
         let multipart = self.upload.is_some();
         let written = if multipart {
             self.complete_upload(size, &md5).await
