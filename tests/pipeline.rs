@@ -186,6 +186,19 @@ async fn rerun_leaves_one_current_version_and_keeps_the_previous_one_detached() 
         [("brin".to_string(), "pickup_date".to_string(), true)],
         "the load built the parent's BRIN index on its table, and ATTACH adopted it instead of building another"
     );
+    // The version was copied as two shares of the month's days at once, each on its own session.
+    let shares = shares_of(&client, v2).await;
+    assert_eq!(shares.len(), versions::COPY_STREAMS, "{shares:?}");
+    for (i, (share, rows, analyzed)) in shares.iter().enumerate() {
+        assert_eq!(share, &versions::share_table_name(v2, i + 1));
+        assert!(*rows > 0 && *analyzed, "{share}: {rows} rows, analysed: {analyzed}");
+        assert_eq!(
+            indexes_of(&client, share).await,
+            [("brin".to_string(), "pickup_date".to_string(), true)],
+            "{share}'s own index, adopted by the version's"
+        );
+    }
+    assert_eq!(shares.iter().map(|s| s.1).sum::<i64>() as u64, second.rows_loaded);
     assert_eq!(rows_in(&client, v1).await as u64, first.rows_loaded, "and kept whole");
     assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, first.rows_loaded);
     assert_eq!(history[1].source_md5.as_deref(), Some(first.md5.as_str()));
@@ -692,6 +705,44 @@ async fn a_swap_blocked_by_a_long_query_times_out_and_leaves_the_current_version
 }
 
 #[tokio::test]
+async fn a_load_whose_second_copy_session_is_cut_drops_its_version_and_changes_nothing() {
+    let setup = Setup::new().await;
+    let source = setup.generate("2021-03", 150_000, 62);
+    let summary = setup.run(&source, None).await.unwrap();
+    let next = setup.prepare_load(&source).await;
+    let before = setup.snapshot().await;
+    let mut loader = setup.pg.client().await;
+    let pid: i32 = loader.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    // The COPY of the other share, on the session load opened for it.
+    let other_copy = format!("pid <> {pid} AND query LIKE 'COPY %'");
+    let killer = setup.pg.terminate_first(&other_copy);
+    let (result, killed) = tokio::join!(load::run(&setup.ctx, &mut loader, next.clone()), killer);
+    assert!(killed, "the second share's COPY was never seen running");
+    let err = result.unwrap_err();
+    assert_eq!(err.name(), "DatabaseUnavailable", "{err}");
+    assert!(err.is_retryable());
+
+    // The first session lived: it dropped the whole version at once, nothing waits for a sweep.
+    let client = setup.pg.client().await;
+    assert_eq!(
+        states(&client, "yellow/2021-03").await,
+        [(1, "current".to_string()), (2, "failed".to_string())]
+    );
+    let table = versions::partition_table_name("yellow/2021-03", 2);
+    assert_eq!(version_tables(&client, &table).await, Vec::<String>::new());
+    assert_eq!(setup.pg.trip_count("yellow/2021-03").await as u64, summary.rows_loaded);
+    let answers = tripflow::db::answers(&client, "yellow/2021-03").await.unwrap();
+    assert_eq!(answers.avg_speed_mph, summary.avg_speed_mph);
+    assert_eq!(answers.weekly_top5, summary.weekly_top5);
+    assert_eq!(setup.snapshot().await, before, "no zone changed either");
+
+    // The retry loads it whole.
+    let mut client = setup.pg.client().await;
+    let loaded = load::run(&setup.ctx, &mut client, next).await.unwrap();
+    assert_eq!((loaded.version, loaded.rows_loaded), (3, summary.rows_loaded));
+}
+
+#[tokio::test]
 async fn a_load_killed_during_its_swap_leaves_the_current_version_whole() {
     let setup = Setup::new().await;
     let source = setup.generate("2021-03", 10_000, 91);
@@ -814,10 +865,21 @@ async fn a_load_killed_during_copy_leaves_the_current_version_and_the_next_load_
         summary.avg_speed_mph
     );
 
-    // The next load finds the dead builder's table (its session lock is gone) and drops it.
+    assert_eq!(
+        version_tables(&client, &orphan).await,
+        [
+            orphan.clone(),
+            versions::share_table_name(&orphan, 1),
+            versions::share_table_name(&orphan, 2)
+        ],
+        "the dead builder left its table and its shares' tables"
+    );
+
+    // The next load finds the dead builder's tables (its session lock is gone) and drops them.
     let mut client = setup.pg.client().await;
     assert_eq!(load::run(&setup.ctx, &mut client, next).await.unwrap().version, 3);
     assert!(!table_exists(&client, &orphan).await);
+    assert_eq!(version_tables(&client, &orphan).await, Vec::<String>::new());
     assert_eq!(
         states(&client, "yellow/2021-03").await,
         [
@@ -936,6 +998,41 @@ async fn indexes_of(client: &tokio_postgres::Client, table: &str) -> Vec<(String
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// The tables attached under a version's table: (name, rows, whether ANALYZE ran on it).
+async fn shares_of(client: &tokio_postgres::Client, table: &str) -> Vec<(String, i64, bool)> {
+    let mut shares = Vec::new();
+    for row in client
+        .query(
+            "SELECT c.relname::text, s.last_analyze IS NOT NULL FROM pg_inherits h \
+             JOIN pg_class c ON c.oid = h.inhrelid JOIN pg_stat_user_tables s ON s.relid = c.oid \
+             WHERE h.inhparent = to_regclass($1) ORDER BY c.relname",
+            &[&qualified(table)],
+        )
+        .await
+        .unwrap()
+    {
+        let name: String = row.get(0);
+        let rows = rows_in(client, &name).await;
+        shares.push((name, rows, row.get(1)));
+    }
+    shares
+}
+
+/// The tables of a version (its own and its shares'), attached or not.
+async fn version_tables(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relnamespace = 'tripflow'::regnamespace \
+             AND relkind IN ('r', 'p') AND starts_with(relname, $1) ORDER BY 1",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
         .collect()
 }
 

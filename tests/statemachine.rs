@@ -209,11 +209,11 @@ impl Setup {
         let db = Database::open(DbSource::Url(pg.url().to_string()), None, None)
             .await
             .unwrap();
-        let load = Arc::new(LoadState {
-            stage: StageState::from_parts_with_lake(&sdk, env(PipelineConfig::default())),
+        let load = Arc::new(LoadState::new(
+            StageState::from_parts_with_lake(&sdk, env(PipelineConfig::default())),
             db,
-            catalog: None,
-        });
+            None,
+        ));
         router.register(FUNCTIONS[0], move |payload| {
             let state = ingest.clone();
             async move { to_value(handle_ingest(&state, from_value(payload)?).await?) }

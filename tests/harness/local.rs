@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 use tripflow::Result;
-use tripflow::config::PipelineConfig;
+use tripflow::config::{DbSettings, PipelineConfig};
+use tripflow::db::versions::UrlSessions;
 use tripflow::generator::{GenSpec, write_month};
 use tripflow::pipeline::{RunSummary, run_all};
 use tripflow::stages::StageContext;
@@ -30,9 +31,15 @@ impl Setup {
     pub async fn with_config(config: PipelineConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalStore::open(dir.path().join("zones")).unwrap());
+        let pg = TestPostgres::start().await;
+        // Load copies its shares on further sessions, as `tripflow run` does.
+        let sessions = UrlSessions {
+            url: pg.url().to_string(),
+            settings: DbSettings::default(),
+        };
         Setup {
-            ctx: StageContext::new(store, config),
-            pg: TestPostgres::start().await,
+            ctx: StageContext::new(store, config).with_sessions(Arc::new(sessions)),
+            pg,
             dir,
         }
     }

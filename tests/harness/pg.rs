@@ -64,11 +64,21 @@ impl TestPostgres {
     /// describes (an SQL predicate over that view's columns): a connection cut at one exact point.
     /// False if it was not seen there within about 10 s.
     pub async fn terminate_when(&self, pid: i32, condition: &str) -> bool {
+        self.terminate_first(&format!("pid = {pid} AND {condition}")).await
+    }
+
+    /// Terminates the first backend `pg_stat_activity` shows matching `condition`, as soon as one
+    /// does; false if none did within about 10 s.
+    pub async fn terminate_first(&self, condition: &str) -> bool {
         let admin = self.client().await;
-        let seen = format!("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND {condition})");
+        let seen = format!("SELECT pid FROM pg_stat_activity WHERE {condition} LIMIT 1");
         for _ in 0..2_000 {
-            let there: bool = admin.query_one(&seen, &[&pid]).await.expect("pg_stat_activity").get(0);
-            if there {
+            let found: Option<i32> = admin
+                .query_opt(&seen, &[])
+                .await
+                .expect("pg_stat_activity")
+                .map(|row| row.get(0));
+            if let Some(pid) = found {
                 admin
                     .query_one("SELECT pg_terminate_backend($1)", &[&pid])
                     .await

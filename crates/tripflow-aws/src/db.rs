@@ -296,6 +296,15 @@ impl Database {
     }
 }
 
+/// Load's further COPY sessions: each a new connection, opened as the first was (secret, TLS,
+/// timeouts), and closed when its share is in.
+#[async_trait::async_trait]
+impl tripflow::db::versions::Sessions for Database {
+    async fn open(&self) -> Result<Client> {
+        self.connect().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,11 +231,18 @@ async fn transform_invocation(state: &StageState, input: TransformInput) -> Resu
 #[derive(Debug)]
 pub struct LoadState {
     pub stage: StageState,
-    pub db: Database,
+    pub db: Arc<Database>,
     pub catalog: Option<CatalogCheck>,
 }
 
 impl LoadState {
+    /// Load's state; the stage's context opens its further COPY sessions through `db`.
+    pub fn new(mut stage: StageState, db: Database, catalog: Option<CatalogCheck>) -> Self {
+        let db = Arc::new(db);
+        stage.ctx = stage.ctx.with_sessions(db.clone());
+        LoadState { stage, db, catalog }
+    }
+
     pub async fn from_env() -> Result<Self, ConfigError> {
         let env = LoadEnv::from_env()?;
         let sdk = crate::load_sdk_config().await;
@@ -247,11 +254,11 @@ impl LoadState {
         let catalog = env
             .glue
             .map(|table| CatalogCheck::new(glue_client(sdk, &env.stage.s3_timeouts), table));
-        Ok(LoadState {
-            stage: StageState::from_parts_with_lake(sdk, env.stage),
+        Ok(LoadState::new(
+            StageState::from_parts_with_lake(sdk, env.stage),
             db,
             catalog,
-        })
+        ))
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use tripflow::config::{DbSettings, ENV_DATABASE_URL, PipelineConfig};
+use tripflow::db::versions::UrlSessions;
 use tripflow::db::{self, Answers, local::LocalPostgres};
 use tripflow::generator::{GenSpec, write_month};
 use tripflow::period::Period;
@@ -459,6 +460,12 @@ fn cluster_dir(data_dir: &Path) -> PathBuf {
 }
 
 async fn database(place: &Place) -> Result<tokio_postgres::Client> {
+    let sessions = sessions(place).await?;
+    db::connect_with(&sessions.url, &sessions.settings).await
+}
+
+/// Where `place`'s database is, starting the private cluster when no URL is given.
+async fn sessions(place: &Place) -> Result<UrlSessions> {
     let url = match &place.database_url {
         Some(url) => url.clone(),
         None => {
@@ -468,7 +475,10 @@ async fn database(place: &Place) -> Result<tokio_postgres::Client> {
             cluster.ensure_database(db::local::DATABASE).await?
         }
     };
-    db::connect_with(&url, &DbSettings::from_env()?).await
+    Ok(UrlSessions {
+        url,
+        settings: DbSettings::from_env()?,
+    })
 }
 
 async fn run(
@@ -487,7 +497,9 @@ async fn run(
     if let Some(bars) = &bars {
         ctx = ctx.with_progress(Arc::new(bars.clone()));
     }
-    let mut client = database(place).await?;
+    let sessions = sessions(place).await?;
+    let mut client = db::connect_with(&sessions.url, &sessions.settings).await?;
+    let ctx = ctx.with_sessions(Arc::new(sessions));
     let ran = run_all(&ctx, &mut client, input).await;
     if let Some(bars) = &bars {
         bars.leave();

@@ -53,6 +53,12 @@ impl CompensatedSum {
     pub fn value(&self) -> f64 {
         self.sum + self.compensation
     }
+
+    /// Adds another sum in, keeping both compensations.
+    pub fn merge(&mut self, other: &CompensatedSum) {
+        self.add(other.sum);
+        self.compensation += other.compensation;
+    }
 }
 
 /// What the month's average speed is made of: the trips with a distance and a duration.
@@ -117,6 +123,18 @@ impl TotalsTally {
             }
         }
         Ok(())
+    }
+
+    /// Adds the trips another tally counted (of other batches of the same month).
+    pub fn merge(&mut self, other: &TotalsTally) {
+        self.valid_trips += other.valid_trips;
+        self.distance.merge(&other.distance);
+        self.duration.merge(&other.duration);
+        if let (Some(mine), Some(theirs)) = (self.speed_buckets.as_mut(), other.speed_buckets.as_ref()) {
+            for (bucket, n) in mine.iter_mut().zip(theirs) {
+                *bucket += n;
+            }
+        }
     }
 
     fn add_trip(&mut self, distance: f64, duration_s: f64) {
@@ -185,6 +203,16 @@ impl SlowTally {
             }
         }
         Ok(())
+    }
+
+    /// Adds the trips another tally of the same month counted (load copies shares of the rows at
+    /// once, each counting its own).
+    pub fn merge(&mut self, other: SlowTally) {
+        self.seen.merge(&other.seen);
+        self.slow_trips += other.slow_trips;
+        for (key, n) in other.by_week_location {
+            *self.by_week_location.entry(key).or_default() += n;
+        }
     }
 
     /// The version's answers; an `IntegrityError` when the rows streamed do not add up to the
@@ -349,6 +377,44 @@ mod tests {
                 (10, 1, 8, 1)
             ]
         );
+    }
+
+    #[test]
+    fn tallies_of_shares_merged_answer_as_one_tally_of_every_row() {
+        let rows: Vec<(Option<f64>, f64, i32, i32)> = (0..40)
+            .map(|i| {
+                (
+                    Some(0.1 + f64::from(i % 7)),
+                    600.0 + f64::from(i * 37 % 900),
+                    9 + i % 3,
+                    i % 5,
+                )
+            })
+            .collect();
+        let mut totals = TotalsTally::counting_speeds();
+        totals.add_batch(&batch(&rows)).unwrap();
+        let (mut first, mut second) = (TotalsTally::counting_speeds(), TotalsTally::counting_speeds());
+        first.add_batch(&batch(&rows[..13])).unwrap();
+        second.add_batch(&batch(&rows[13..])).unwrap();
+        first.merge(&second);
+        assert_eq!(first.totals().valid_trips, totals.totals().valid_trips);
+        assert!(first.totals().agrees_with(&totals.totals()));
+        assert_eq!(first.speed_buckets(), totals.speed_buckets());
+
+        let mut whole = SlowTally::new(totals.totals()).unwrap();
+        whole.add_batch(&batch(&rows)).unwrap();
+        let share = || SlowTally::new(totals.totals()).unwrap();
+        let mut shares = [share(), share()];
+        shares[0].add_batch(&batch(&rows[..21])).unwrap();
+        shares[1].add_batch(&batch(&rows[21..])).unwrap();
+        let [mut merged, other] = shares;
+        merged.merge(other);
+        let (merged, whole) = (merged.finish(40, "m").unwrap(), whole.finish(40, "m").unwrap());
+        assert!(
+            whole.slow_trips > 0 && whole.slow_trips < 40,
+            "some trips are slow, not all"
+        );
+        assert_eq!(merged, whole);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Versions of a source's rows. A load never deletes: it builds the new version as a table of its own
-//! ([`stage_version`]: binary COPY without indexes, the count check, a `CHECK (source_id = …)` so
-//! ATTACH needs no validation scan, the parent's indexes, `ANALYZE`, the answers computed from that
-//! one table), then swaps it in ([`swap_in`]): one short transaction under the source's advisory
-//! lock that locks `tripflow.trips` first (one lock order for every swap, so swaps of different
-//! months and analysts' queries cannot deadlock), detaches the current version, attaches the new one
-//! and writes its answers. The detached table is kept for [`make_current`]; retention keeps the
-//! current version plus the [`KEEP_PREVIOUS`] most recent previous ones and drops older tables after
-//! the swap commits.
+//! ([`stage_version`]: a table partitioned by pickup date whose shares are filled at once, each by a
+//! binary COPY on its own session into a table without indexes, with a `CHECK` on its dates and the
+//! source's `CHECK (source_id = …)` so that no ATTACH needs a validation scan, then the parent's
+//! indexes and `ANALYZE` per share; the count check; the answers computed from that one version),
+//! then swaps it in ([`swap_in`]): one short transaction under the source's advisory lock that locks
+//! `tripflow.trips` first (one lock order for every swap, so swaps of different months and analysts'
+//! queries cannot deadlock), detaches the current version, attaches the new one and writes its
+//! answers. The detached table is kept for [`make_current`]; retention keeps the current version plus
+//! the [`KEEP_PREVIOUS`] most recent previous ones and drops older tables after the swap commits.
 
 use std::pin::Pin;
 use std::time::Instant;
@@ -31,16 +32,126 @@ const STAGED_EXPIRY: &str = "1 day";
 
 pub use crate::handoff::curated::TRIP_COLUMNS;
 
-/// Whatever feeds a new version its rows: writes every batch into the COPY ([`CopyOut::write_rows`]).
+/// Whatever feeds a new version its rows: the rows of each [`DateShare`] into that share's COPY
+/// ([`CopyOut::write_rows`]). The shares are copied at the same time, each on its own session.
 #[async_trait]
-pub trait TripRows: Send {
-    async fn copy_into(&mut self, out: &mut CopyOut<'_>) -> Result<()>;
+pub trait TripRows: Sync {
+    /// How many rows fall on each pickup date, in date order: where the shares divide.
+    fn rows_per_date(&self) -> Vec<(NaiveDate, u64)>;
+
+    /// Writes the rows whose pickup date falls in `share`.
+    async fn copy_into(&self, share: DateShare, out: &mut CopyOut<'_>) -> Result<()>;
 
     /// The version's answers, when they were counted from the rows as they streamed
     /// ([`crate::answers`]); `None` has the database compute them from the new table.
-    fn streamed_answers(&mut self, _rows_loaded: i64) -> Result<Option<VersionAnswers>> {
+    fn streamed_answers(&self, _rows_loaded: i64) -> Result<Option<VersionAnswers>> {
         Ok(None)
     }
+}
+
+/// Opens more sessions to the database a load is connected to, set up like its first (timeouts,
+/// TLS): a version's shares are copied one per session.
+#[async_trait]
+pub trait Sessions: Send + Sync + std::fmt::Debug {
+    async fn open(&self) -> Result<Client>;
+}
+
+/// Sessions to a `postgres://` URL without TLS (local clusters, tests).
+pub struct UrlSessions {
+    pub url: String,
+    pub settings: crate::config::DbSettings,
+}
+
+impl std::fmt::Debug for UrlSessions {
+    // Never the URL: it may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = super::parse_url(&self.url).map(|c| super::describe_target(&c));
+        f.debug_struct("UrlSessions")
+            .field("target", &target.unwrap_or_else(|_| "?".into()))
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Sessions for UrlSessions {
+    async fn open(&self) -> Result<Client> {
+        super::connect_with(&self.url, &self.settings).await
+    }
+}
+
+/// COPY streams per version. The server parses and stores a COPY's rows on one backend, one core:
+/// on 2 cores, the curated month (1.93 M rows) as one server-side binary COPY took 2.42-2.78 s, as
+/// two COPYs of half the days each, at once, 1.38-1.52 s. So the version is built as one table per
+/// share of its pickup dates, each filled on its own session, then attached under the version's
+/// table, which is partitioned by pickup date.
+pub const COPY_STREAMS: usize = 2;
+
+/// One COPY stream's rows: those whose pickup date is on or after `from` and before `until`
+/// (`None`: unbounded on that side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateShare {
+    pub from: Option<NaiveDate>,
+    pub until: Option<NaiveDate>,
+}
+
+impl DateShare {
+    pub const ALL: DateShare = DateShare {
+        from: None,
+        until: None,
+    };
+
+    pub fn contains(&self, date: NaiveDate) -> bool {
+        self.from.is_none_or(|from| date >= from) && self.until.is_none_or(|until| date < until)
+    }
+
+    /// The share as a CHECK on its table, which lets ATTACH skip its validation scan; `None` for a
+    /// share of every date.
+    fn check(&self) -> Option<String> {
+        let sides: Vec<String> = [
+            self.from.map(|from| format!("pickup_date >= '{from}'")),
+            self.until.map(|until| format!("pickup_date < '{until}'")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!sides.is_empty()).then(|| sides.join(" AND "))
+    }
+
+    /// The share as range partition bounds.
+    fn bounds(&self) -> String {
+        let bound = |d: Option<NaiveDate>, open: &str| d.map_or(open.to_string(), |d| format!("'{d}'"));
+        format!(
+            "FROM ({}) TO ({})",
+            bound(self.from, "MINVALUE"),
+            bound(self.until, "MAXVALUE")
+        )
+    }
+}
+
+/// Divides the dates (ascending, with their rows) into at most `streams` runs of consecutive dates
+/// with about as many rows each. A date's rows stay in one share: a single date, or no rows, is one
+/// share of every date.
+pub fn divide(rows_per_date: &[(NaiveDate, u64)], streams: usize) -> Vec<DateShare> {
+    let total: u64 = rows_per_date.iter().map(|(_, rows)| rows).sum();
+    let streams = streams.max(1) as u64;
+    let mut cuts: Vec<NaiveDate> = Vec::new();
+    let mut before = 0u64;
+    for (i, &(date, rows)) in rows_per_date.iter().enumerate() {
+        let next = cuts.len() as u64 + 1;
+        // Cut before this date when at least half of its rows lie past the next share's start.
+        if i > 0 && next < streams && (2 * before + rows) * streams >= 2 * total * next && before > 0 {
+            cuts.push(date);
+        }
+        before += rows;
+    }
+    let mut shares = Vec::with_capacity(cuts.len() + 1);
+    let mut from = None;
+    for cut in cuts {
+        shares.push(DateShare { from, until: Some(cut) });
+        from = Some(cut);
+    }
+    shares.push(DateShare { from, until: None });
+    shares
 }
 
 /// The statistics target a new version is analysed with: samples 300 x 25 = 7,500 rows instead of
@@ -233,9 +344,7 @@ async fn sweep_abandoned(tx: &Transaction<'_>, source_id: &str) -> Result<()> {
                 .await
                 .map_err(classify)?;
         }
-        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", qualified(&table)))
-            .await
-            .map_err(classify)?;
+        drop_version_tables(tx, &table).await?;
         tx.execute(
             "UPDATE tripflow.versions SET state = 'failed' WHERE source_id = $1 AND version = $2",
             &[&source_id, &version],
@@ -247,9 +356,65 @@ async fn sweep_abandoned(tx: &Transaction<'_>, source_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Numbers the next version, creates its empty table and marks it `staging`, holding a session
-/// advisory lock on it so no other load mistakes it for abandoned.
-async fn allocate(client: &mut Client, request: &StageRequest) -> Result<(i32, String)> {
+/// The table of a version's `share`th share (from 1), attached under the version's table.
+pub fn share_table_name(table: &str, share: usize) -> String {
+    format!("{table}_s{share}")
+}
+
+/// Drops a version's table and its shares' tables, attached or not (a build that died leaves them
+/// unattached). Versions built before shares existed have no share tables; nothing else is named so.
+async fn drop_version_tables(client: &impl GenericClient, table: &str) -> Result<()> {
+    let names: Vec<String> = client
+        .query(
+            "SELECT relname::text FROM pg_class \
+             WHERE relnamespace = 'tripflow'::regnamespace AND relkind IN ('r', 'p') \
+               AND (relname = $1 OR (starts_with(relname, $1 || '_s') \
+                    AND substr(relname, length($1) + 3) ~ '^[0-9]+$'))",
+            &[&table],
+        )
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| qualified(row.get(0)))
+        .collect();
+    if !names.is_empty() {
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", names.join(", ")))
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// The parent's indexes, as `USING method (columns)`, for a version's tables to build the same.
+async fn index_methods(client: &impl GenericClient) -> Result<Vec<(bool, String)>> {
+    let definitions = client
+        .query(
+            "SELECT pg_get_indexdef(i.indexrelid), i.indisunique FROM pg_index i \
+             WHERE i.indrelid = 'tripflow.trips'::regclass ORDER BY i.indexrelid",
+            &[],
+        )
+        .await
+        .map_err(classify)?;
+    definitions
+        .iter()
+        .map(|row| {
+            let (definition, unique): (String, bool) = (row.get(0), row.get(1));
+            match definition.split_once(" USING ") {
+                Some((_, method_and_columns)) => Ok((unique, method_and_columns.to_string())),
+                None => Err(Error::DatabaseError(format!(
+                    "unexpected index definition: {definition}"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Numbers the next version, creates its empty tables and marks it `staging`, holding a session
+/// advisory lock on it so no other load mistakes it for abandoned. The version's table is
+/// partitioned by pickup date, with the parent's indexes (instant on an empty partitioned table);
+/// each share's table stands alone until its rows are in.
+async fn allocate(client: &mut Client, request: &StageRequest, shares: &[DateShare]) -> Result<(i32, String)> {
     let source_id = request.source_id.as_str();
     sql_literal(source_id)?;
     let tx = client.transaction().await.map_err(classify)?;
@@ -266,19 +431,35 @@ async fn allocate(client: &mut Client, request: &StageRequest) -> Result<(i32, S
     let table = partition_table_name(source_id, version);
     // LIKE copies the columns, NOT NULLs and CHECKs ATTACH requires; done here, in a short
     // transaction, because it holds a share lock on tripflow.trips until commit. The source's CHECK,
-    // which lets ATTACH skip its scan, is added while the table is empty: COPY then checks each row
-    // as it arrives, instead of a scan of all of them afterwards. The source id is the table's own
+    // which lets ATTACH skip its scan, is added while the table is empty, and the share tables copy
+    // it (ATTACH under the version's table requires it there too): COPY then checks each row as it
+    // arrives, instead of a scan of all of them afterwards. The source id is the tables' own
     // default, which COPY fills in instead of receiving it in every row; the only value the CHECK
     // allows, so it stays.
     let full = qualified(&table);
     let literal = sql_literal(source_id)?;
-    tx.batch_execute(&format!(
-        "CREATE TABLE {full} (LIKE {TRIPS_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+    let mut ddl = format!(
+        "CREATE TABLE {full} (LIKE {TRIPS_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) PARTITION BY RANGE (pickup_date); \
          ALTER TABLE {full} ADD CONSTRAINT {table}_source CHECK (source_id IS NOT NULL AND source_id = {literal}); \
-         ALTER TABLE {full} ALTER COLUMN source_id SET DEFAULT {literal}"
-    ))
-    .await
-    .map_err(classify)?;
+         ALTER TABLE {full} ALTER COLUMN source_id SET DEFAULT {literal}; "
+    );
+    for (unique, method_and_columns) in index_methods(&tx).await? {
+        let unique = if unique { "UNIQUE " } else { "" };
+        ddl.push_str(&format!("CREATE {unique}INDEX ON {full} USING {method_and_columns}; "));
+    }
+    for (i, share) in shares.iter().enumerate() {
+        let name = share_table_name(&table, i + 1);
+        let share_table = qualified(&name);
+        ddl.push_str(&format!(
+            "CREATE TABLE {share_table} (LIKE {full} INCLUDING DEFAULTS INCLUDING CONSTRAINTS); "
+        ));
+        if let Some(check) = share.check() {
+            ddl.push_str(&format!(
+                "ALTER TABLE {share_table} ADD CONSTRAINT {name}_dates CHECK ({check}); "
+            ));
+        }
+    }
+    tx.batch_execute(&ddl).await.map_err(classify)?;
     tx.execute(
         "INSERT INTO tripflow.versions (source_id, version, state, partition_table, source_md5, manifest_key, manifest_md5) \
          VALUES ($1, $2, 'staging', $3, $4, $5, $6)",
@@ -300,18 +481,21 @@ async fn allocate(client: &mut Client, request: &StageRequest) -> Result<(i32, S
     Ok((version, table))
 }
 
-/// Removes a version that will not be swapped in: its table and its staging lock; state `failed`.
+/// Removes a version that will not be swapped in: its tables and its staging lock; state `failed`.
 /// Best effort: what it cannot remove, the next load of the source sweeps.
 async fn abandon(client: &Client, source_id: &str, version: i32, table: &str, holds_staging_lock: bool) {
-    let result = client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {t}; \
-             UPDATE tripflow.versions SET state = 'failed' WHERE source_id = {s} AND version = {version} \
-               AND state IN ('staging', 'staged')",
-            t = qualified(table),
-            s = quote_or_empty(source_id),
-        ))
-        .await;
+    let result = async {
+        drop_version_tables(client, table).await?;
+        client
+            .execute(
+                "UPDATE tripflow.versions SET state = 'failed' WHERE source_id = $1 AND version = $2 \
+                   AND state IN ('staging', 'staged')",
+                &[&source_id, &version],
+            )
+            .await
+            .map_err(classify)
+    }
+    .await;
     if let Err(err) = result {
         warn!(source_id, version, error = %err, "could not remove a refused version; the next load will");
     }
@@ -334,14 +518,33 @@ pub async fn discard(client: &Client, staged: &StagedVersion) {
 
 /// Builds the next version of `request.source_id` as its own table, fully indexed and analysed,
 /// with its answers computed, and checks its count. Readers see nothing of it until [`swap_in`].
-/// A count other than `request.expected_rows` is `LoadCountMismatch` and the table is dropped.
+/// A count other than `request.expected_rows` is `LoadCountMismatch` and the tables are dropped.
+///
+/// The rows are divided by pickup date into up to [`COPY_STREAMS`] shares, copied at once: the
+/// first on `client`, each other on a session `sessions` opens. Without `sessions`, or when it
+/// cannot open one, fewer shares are copied, down to one on `client`.
 pub async fn stage_version(
     client: &mut Client,
+    sessions: Option<&dyn Sessions>,
     request: &StageRequest,
-    rows: &mut dyn TripRows,
+    rows: &dyn TripRows,
 ) -> Result<StagedVersion> {
-    let (version, table) = allocate(client, request).await?;
-    let built = build(client, request, version, &table, rows).await;
+    let rows_per_date = rows.rows_per_date();
+    let mut helpers = Vec::new();
+    if let Some(sessions) = sessions {
+        for _ in 1..divide(&rows_per_date, COPY_STREAMS).len() {
+            match sessions.open().await {
+                Ok(helper) => helpers.push(helper),
+                Err(err) => {
+                    warn!(error = %err, "could not open another session; copying with fewer streams");
+                    break;
+                }
+            }
+        }
+    }
+    let shares = divide(&rows_per_date, helpers.len() + 1);
+    let (version, table) = allocate(client, request, &shares).await?;
+    let built = build(client, helpers, request, version, &table, &shares, rows).await;
     match built {
         Ok(staged) => {
             let _ = client
@@ -356,25 +559,35 @@ pub async fn stage_version(
     }
 }
 
-async fn build(
-    client: &mut Client,
-    request: &StageRequest,
-    version: i32,
+/// What one share's session did, for the log.
+struct ShareBuilt {
+    rows: u64,
+    copy_seconds: f64,
+    index_seconds: f64,
+    analyze_seconds: f64,
+}
+
+/// Fills one share's table in one transaction on its own session: truncated there, so it takes
+/// COPY's FREEZE (rows arrive frozen, so neither the index build nor ANALYZE, nor the answers'
+/// scans where they run, stops to set hint bits on every page, and no later vacuum rewrites them);
+/// then the parent's indexes, built here so ATTACH adopts them instead of building them; then
+/// `ANALYZE` of this table alone.
+async fn build_share(
+    session: &mut Client,
     table: &str,
-    rows: &mut dyn TripRows,
-) -> Result<StagedVersion> {
-    let source_id = request.source_id.as_str();
+    share: DateShare,
+    indexes: &[(bool, String)],
+    rows: &dyn TripRows,
+) -> Result<ShareBuilt> {
     let full = qualified(table);
-    let tx = client.transaction().await.map_err(classify)?;
+    let tx = session.transaction().await.map_err(classify)?;
     // Every column but the source id, which the table's default fills in.
     let column_list = super::binary_copy::copied_columns()
         .map(|c| c.name)
         .collect::<Vec<_>>()
         .join(", ");
-    // Truncated in this transaction (it is empty), the table takes COPY's FREEZE: rows arrive
-    // frozen, so neither the index build nor ANALYZE (nor the answers' scans, where they run)
-    // stops to set hint bits on every page, and no later vacuum rewrites them.
     tx.batch_execute(&format!("TRUNCATE {full}")).await.map_err(classify)?;
+    let copy_started = Instant::now();
     let sink = tx
         .copy_in::<_, Bytes>(&format!(
             "COPY {full} ({column_list}) FROM STDIN WITH (FORMAT binary, FREEZE)"
@@ -382,45 +595,20 @@ async fn build(
         .await
         .map_err(classify)?;
     futures::pin_mut!(sink);
-    let copy_started = Instant::now();
     let mut out = CopyOut {
         sink: sink.as_mut(),
         buffer: BytesMut::from(super::binary_copy::HEADER),
     };
-    rows.copy_into(&mut out).await?;
+    rows.copy_into(share, &mut out).await?;
     out.buffer.put_slice(&super::binary_copy::TRAILER);
     out.send().await?;
     // The server's own count of the rows it took, as `COPY n` reports it.
-    let rows_loaded = sink.as_mut().finish().await.map_err(classify)?;
-    let counted = i64::try_from(rows_loaded).unwrap_or(i64::MAX);
-    if rows_loaded != request.expected_rows {
-        return Err(Error::LoadCountMismatch {
-            source_id: source_id.to_string(),
-            expected: request.expected_rows,
-            loaded: rows_loaded,
-        });
-    }
-
+    let copied = sink.as_mut().finish().await.map_err(classify)?;
     let copy_seconds = copy_started.elapsed().as_secs_f64();
 
-    // The parent's partitioned indexes, built here so ATTACH adopts them instead of building them.
     let indexes_started = Instant::now();
-    let index_defs = tx
-        .query(
-            "SELECT pg_get_indexdef(i.indexrelid), i.indisunique FROM pg_index i \
-             WHERE i.indrelid = 'tripflow.trips'::regclass ORDER BY i.indexrelid",
-            &[],
-        )
-        .await
-        .map_err(classify)?;
-    for row in index_defs {
-        let (definition, unique): (String, bool) = (row.get(0), row.get(1));
-        let Some((_, method_and_columns)) = definition.split_once(" USING ") else {
-            return Err(Error::DatabaseError(format!(
-                "unexpected index definition: {definition}"
-            )));
-        };
-        let unique = if unique { "UNIQUE " } else { "" };
+    for (unique, method_and_columns) in indexes {
+        let unique = if *unique { "UNIQUE " } else { "" };
         tx.batch_execute(&format!("CREATE {unique}INDEX ON {full} USING {method_and_columns}"))
             .await
             .map_err(classify)?;
@@ -433,6 +621,60 @@ async fn build(
     .await
     .map_err(classify)?;
     let analyze_seconds = analyze_started.elapsed().as_secs_f64();
+    tx.commit().await.map_err(classify)?;
+    Ok(ShareBuilt {
+        rows: copied,
+        copy_seconds,
+        index_seconds,
+        analyze_seconds,
+    })
+}
+
+async fn build(
+    client: &mut Client,
+    mut helpers: Vec<Client>,
+    request: &StageRequest,
+    version: i32,
+    table: &str,
+    shares: &[DateShare],
+    rows: &dyn TripRows,
+) -> Result<StagedVersion> {
+    let source_id = request.source_id.as_str();
+    let full = qualified(table);
+    let indexes = index_methods(&*client).await?;
+    let started = Instant::now();
+    let share_tables: Vec<String> = (1..=shares.len()).map(|i| share_table_name(table, i)).collect();
+    let sessions = std::iter::once(&mut *client).chain(helpers.iter_mut());
+    let built = futures::future::try_join_all(
+        sessions
+            .zip(shares.iter().zip(&share_tables))
+            .map(|(session, (share, name))| build_share(session, name, *share, &indexes, rows)),
+    )
+    .await?;
+    drop(helpers);
+    let rows_loaded: u64 = built.iter().map(|b| b.rows).sum();
+    let counted = i64::try_from(rows_loaded).unwrap_or(i64::MAX);
+    if rows_loaded != request.expected_rows {
+        return Err(Error::LoadCountMismatch {
+            source_id: source_id.to_string(),
+            expected: request.expected_rows,
+            loaded: rows_loaded,
+        });
+    }
+    let build_seconds = started.elapsed().as_secs_f64();
+
+    let tx = client.transaction().await.map_err(classify)?;
+    // Each share's CHECK on its dates lets ATTACH skip the scan; its indexes match the version
+    // table's, so they are adopted, not built.
+    for (share, name) in shares.iter().zip(&share_tables) {
+        tx.batch_execute(&format!(
+            "ALTER TABLE {full} ATTACH PARTITION {} FOR VALUES {}",
+            qualified(name),
+            share.bounds()
+        ))
+        .await
+        .map_err(classify)?;
+    }
     let answers = match rows.streamed_answers(counted)? {
         Some(answers) => answers,
         None => compute_answers(&tx, &full, counted).await?,
@@ -444,11 +686,28 @@ async fn build(
     .await
     .map_err(classify)?;
     tx.commit().await.map_err(classify)?;
-    // Where a load's time goes, for whoever tunes the database: the COPY (the client's reading and
-    // encoding overlaps it), the index builds, ANALYZE.
+    // Where a load's time goes, for whoever tunes the database: per share, the COPY (the client's
+    // reading and encoding overlaps it), the index builds, ANALYZE; the shares run at once.
+    for (b, (share, name)) in built.iter().zip(shares.iter().zip(&share_tables)) {
+        info!(
+            table = %name,
+            from = ?share.from,
+            until = ?share.until,
+            rows = b.rows,
+            copy_seconds = b.copy_seconds,
+            index_seconds = b.index_seconds,
+            analyze_seconds = b.analyze_seconds,
+            "share built"
+        );
+    }
     info!(
         source_id,
-        version, table, rows_loaded, copy_seconds, index_seconds, analyze_seconds, "version staged"
+        version,
+        table,
+        rows_loaded,
+        shares = shares.len(),
+        build_seconds,
+        "version staged"
     );
     Ok(StagedVersion {
         source_id: source_id.to_string(),
@@ -694,9 +953,7 @@ pub async fn apply_retention(client: &mut Client, source_id: &str) -> Result<Vec
     let mut dropped = Vec::new();
     for row in old {
         let (version, table): (i32, String) = (row.get(0), row.get(1));
-        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", qualified(&table)))
-            .await
-            .map_err(classify)?;
+        drop_version_tables(&tx, &table).await?;
         tx.execute(
             "UPDATE tripflow.versions SET state = 'dropped' WHERE source_id = $1 AND version = $2",
             &[&source_id, &version],
@@ -841,6 +1098,90 @@ mod tests {
         assert_ne!(name, partition_table_name("yellow_2021/03", 3));
         let long = partition_table_name(&"x".repeat(200), i32::MAX);
         assert!(long.len() <= 63, "{long}");
+        // A share's date CHECK is named for its table: the longest name PostgreSQL must keep whole.
+        let share_check = format!("{}_dates", share_table_name(&long, COPY_STREAMS));
+        assert!(share_check.len() <= 63, "{share_check}");
+    }
+
+    fn day(d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2021, 3, d).unwrap()
+    }
+
+    #[test]
+    fn shares_are_runs_of_whole_days_with_about_as_many_rows_each() {
+        let month: Vec<(NaiveDate, u64)> = (1..=31).map(|d| (day(d), 1_000 + u64::from(d % 3))).collect();
+        let shares = divide(&month, 2);
+        assert_eq!(
+            shares,
+            [
+                DateShare {
+                    from: None,
+                    until: Some(day(16))
+                },
+                DateShare {
+                    from: Some(day(16)),
+                    until: None
+                }
+            ]
+        );
+        let rows_in =
+            |share: &DateShare| -> u64 { month.iter().filter(|(d, _)| share.contains(*d)).map(|(_, n)| n).sum() };
+        let (first, second) = (rows_in(&shares[0]), rows_in(&shares[1]));
+        assert_eq!(first + second, month.iter().map(|(_, n)| n).sum::<u64>());
+        assert!(first.abs_diff(second) <= 1_002, "{first} against {second}");
+
+        // A day of most of the rows is one share's alone; the rest go to the other side.
+        let lopsided = [(day(1), 10), (day(2), 1_000), (day(3), 10)];
+        assert_eq!(
+            divide(&lopsided, 2),
+            [
+                DateShare {
+                    from: None,
+                    until: Some(day(2))
+                },
+                DateShare {
+                    from: Some(day(2)),
+                    until: None
+                }
+            ]
+        );
+        // Three shares of six even days: two days each.
+        let even: Vec<_> = (1..=6).map(|d| (day(d), 5)).collect();
+        let cuts: Vec<_> = divide(&even, 3).iter().filter_map(|s| s.from).collect();
+        assert_eq!(cuts, [day(3), day(5)]);
+        // One day, no rows, or one stream: one share of every date.
+        for (dates, streams) in [(&month[..1], 2), (&[][..], 2), (&month[..], 1), (&month[..], 0)] {
+            assert_eq!(
+                divide(dates, streams),
+                [DateShare::ALL],
+                "{} dates, {streams} streams",
+                dates.len()
+            );
+        }
+        assert_eq!(divide(&[(day(1), 0), (day(2), 0)], 2), [DateShare::ALL]);
+    }
+
+    #[test]
+    fn a_share_is_its_check_and_its_bounds() {
+        let middle = DateShare {
+            from: Some(day(1)),
+            until: Some(day(16)),
+        };
+        assert!(middle.contains(day(1)) && middle.contains(day(15)) && !middle.contains(day(16)));
+        assert_eq!(
+            middle.check().unwrap(),
+            "pickup_date >= '2021-03-01' AND pickup_date < '2021-03-16'"
+        );
+        assert_eq!(middle.bounds(), "FROM ('2021-03-01') TO ('2021-03-16')");
+        let last = DateShare {
+            from: Some(day(16)),
+            until: None,
+        };
+        assert_eq!(last.check().unwrap(), "pickup_date >= '2021-03-16'");
+        assert_eq!(last.bounds(), "FROM ('2021-03-16') TO (MAXVALUE)");
+        assert_eq!(DateShare::ALL.check(), None);
+        assert_eq!(DateShare::ALL.bounds(), "FROM (MINVALUE) TO (MAXVALUE)");
+        assert!(DateShare::ALL.contains(day(31)));
     }
 
     #[test]

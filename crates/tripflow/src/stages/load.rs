@@ -8,6 +8,9 @@
 //! leaves every zone and the database as they were; readers see the old version or the new one,
 //! never both, never none.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use chrono::NaiveDate;
 use tokio_postgres::Client;
 use tracing::info;
@@ -16,14 +19,14 @@ use super::StageContext;
 use crate::answers::SlowTally;
 use crate::checksum::md5_hex;
 use crate::db;
-use crate::db::versions::{self, CopyOut, StageRequest, TripRows, VersionAnswers};
+use crate::db::versions::{self, CopyOut, DateShare, StageRequest, TripRows, VersionAnswers};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::Manifest;
 use crate::handoff::{self, IntentState, PublishIntent};
 use crate::handoff::{CLEAN, TRANSFORM, TransformOutput};
 use crate::parquet_io::ReadAhead;
 use crate::progress::{StageProgress, Unit};
-use crate::storage::{Layout, ObjectInfo, get_bytes, get_json, put_json};
+use crate::storage::{Layout, get_bytes, get_json, put_json};
 
 pub const STAGE: &str = crate::handoff::LOAD;
 
@@ -40,39 +43,68 @@ pub fn partition_date(key: &str) -> Result<NaiveDate> {
         })
 }
 
-/// The curated objects of a manifest, streamed into a new version's COPY.
+/// The curated objects of a manifest, streamed into a new version's COPYs, a share of the days each.
 struct CuratedRows<'a> {
     ctx: &'a StageContext,
     manifest: &'a Manifest<TransformOutput>,
     progress: &'a StageProgress<'a>,
-    /// Counts the slow trips as the rows stream by, when transform handed on its totals.
+    /// A fresh count of slow trips against the average transform handed on, when it did: each
+    /// share counts its own rows, and the counts are merged as the shares finish.
     slow: Option<SlowTally>,
+    counted: Mutex<Option<SlowTally>>,
 }
 
 #[async_trait::async_trait]
 impl TripRows for CuratedRows<'_> {
-    async fn copy_into(&mut self, out: &mut CopyOut<'_>) -> Result<()> {
-        let objects: Vec<ObjectInfo> = self.manifest.objects.iter().map(|o| o.object.clone()).collect();
-        let dates = objects
-            .iter()
-            .map(|o| partition_date(&o.key))
-            .collect::<Result<Vec<_>>>()?;
+    fn rows_per_date(&self) -> Vec<(NaiveDate, u64)> {
+        let mut per_date: BTreeMap<NaiveDate, u64> = BTreeMap::new();
+        for o in &self.manifest.objects {
+            // A key without a date fails the copy itself, with the key named.
+            if let Ok(date) = partition_date(&o.object.key) {
+                *per_date.entry(date).or_default() += o.rows;
+            }
+        }
+        per_date.into_iter().collect()
+    }
+
+    async fn copy_into(&self, share: DateShare, out: &mut CopyOut<'_>) -> Result<()> {
+        let mut objects = Vec::new();
+        let mut dates = Vec::new();
+        for o in &self.manifest.objects {
+            let date = partition_date(&o.object.key)?;
+            if share.contains(date) {
+                objects.push(o.object.clone());
+                dates.push(date);
+            }
+        }
+        let mut slow = self.slow.clone();
         // Each file is checked against the manifest in the same GET that reads it: a damaged one
         // fails the COPY, and with it the version, before anything is published.
         let mut batches = ReadAhead::verified_objects(self.ctx.store.clone(), objects);
         while let Some((object, batch)) = batches.next_batch().await? {
             out.write_rows(&batch, dates[object]).await?;
-            if let Some(slow) = self.slow.as_mut() {
+            if let Some(slow) = slow.as_mut() {
                 slow.add_batch(&batch)?;
             }
             self.progress.advance(batch.num_rows() as u64);
         }
+        if let Some(slow) = slow {
+            let mut counted = self.counted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match counted.as_mut() {
+                Some(total) => total.merge(slow),
+                None => *counted = Some(slow),
+            }
+        }
         Ok(())
     }
 
-    fn streamed_answers(&mut self, rows_loaded: i64) -> Result<Option<VersionAnswers>> {
-        self.slow
-            .take()
+    fn streamed_answers(&self, rows_loaded: i64) -> Result<Option<VersionAnswers>> {
+        let counted = self
+            .counted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        counted
             .map(|slow| slow.finish(rows_loaded, &self.manifest.output.manifest_key))
             .transpose()
     }
@@ -117,13 +149,14 @@ pub async fn run(ctx: &StageContext, client: &mut Client, input: LoadInput) -> R
         manifest_md5: Some(manifest_md5),
     };
     let progress = StageProgress::begin(ctx.progress.as_ref(), STAGE, Unit::Rows, Some(rows_curated));
-    let mut rows = CuratedRows {
+    let rows = CuratedRows {
         ctx,
         manifest: &manifest,
         progress: &progress,
         slow: manifest.output.speed_totals.and_then(SlowTally::new),
+        counted: Mutex::new(None),
     };
-    let staged = versions::stage_version(client, &request, &mut rows).await?;
+    let staged = versions::stage_version(client, ctx.sessions.as_deref(), &request, &rows).await?;
     let intent = PublishIntent {
         dataset: input.dataset.clone(),
         period: input.period,

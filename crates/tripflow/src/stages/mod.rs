@@ -9,6 +9,7 @@ pub mod transform;
 use std::sync::Arc;
 
 use crate::config::PipelineConfig;
+use crate::db::versions::Sessions;
 pub use crate::handoff::Verdict;
 use crate::progress::{Progress, Silent};
 use crate::storage::ObjectStore;
@@ -21,6 +22,9 @@ pub struct StageContext {
     pub config: PipelineConfig,
     /// Where the stages report how far they are ([`Silent`] unless a front door shows it).
     pub progress: Arc<dyn Progress>,
+    /// Opens load's further database sessions, one per COPY stream beyond the first
+    /// ([`crate::db::versions::stage_version`]); without it load copies on its one session.
+    pub sessions: Option<Arc<dyn Sessions>>,
 }
 
 impl StageContext {
@@ -29,7 +33,13 @@ impl StageContext {
             store,
             config,
             progress: Arc::new(Silent),
+            sessions: None,
         }
+    }
+
+    pub fn with_sessions(mut self, sessions: Arc<dyn Sessions>) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 
     pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
