@@ -249,14 +249,14 @@ impl ReadAhead {
     /// The batches of several whole objects of our own zones, each read in one GET that also checks
     /// it against the size and checksum its manifest recorded ([`read_verified`]): every object is read
     /// once, and no row of one that fails the check is decoded. For objects small enough to hold
-    /// (a day of curated trips).
-    pub fn verified_objects(store: Arc<dyn ObjectStore>, objects: Vec<ObjectInfo>) -> Self {
+    /// (a day of curated trips). Batches of up to `batch_rows` rows.
+    pub fn verified_objects(store: Arc<dyn ObjectStore>, objects: Vec<ObjectInfo>, batch_rows: usize) -> Self {
         let what = objects.first().map(|o| o.key.clone()).unwrap_or_default();
         Self::start(what, move |sender| async move {
             for (index, object) in objects.iter().enumerate() {
                 let decoded = match read_verified(store.as_ref(), object).await {
                     Ok(bytes) => ParquetRecordBatchReaderBuilder::try_new(bytes)
-                        .and_then(|builder| builder.with_batch_size(BATCH_ROWS).build())
+                        .and_then(|builder| builder.with_batch_size(batch_rows).build())
                         .map_err(|e| decode_error(&object.key, e)),
                     Err(err) => Err(err),
                 };
@@ -918,7 +918,7 @@ mod tests {
             ..b.clone()
         };
         let objects = vec![a.clone(), b.clone(), missing, a.clone()];
-        let mut batches = ReadAhead::verified_objects(store.clone(), objects);
+        let mut batches = ReadAhead::verified_objects(store.clone(), objects, BATCH_ROWS);
         let mut seen = Vec::new();
         let err = loop {
             match batches.next_batch().await {
@@ -937,13 +937,13 @@ mod tests {
             checksum: crate::checksum::Checksum::Crc64nvme("AAAAAAAAAAA=".into()),
             ..b.clone()
         };
-        let mut batches = ReadAhead::verified_objects(store.clone(), vec![claimed]);
+        let mut batches = ReadAhead::verified_objects(store.clone(), vec![claimed], BATCH_ROWS);
         let err = batches.next_batch().await.unwrap_err();
         assert_eq!(err.name(), "IntegrityError", "{err}");
         assert!(err.to_string().contains("CRC64-NVME"), "{err}");
 
         // A reader that stops early stops the decoder with it.
-        let mut batches = ReadAhead::verified_objects(store, vec![a; 50]);
+        let mut batches = ReadAhead::verified_objects(store, vec![a; 50], BATCH_ROWS);
         assert!(batches.next_batch().await.unwrap().is_some());
         let decoder = batches.decoder.abort_handle();
         drop(batches);
