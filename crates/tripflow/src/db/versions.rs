@@ -386,8 +386,22 @@ async fn drop_version_tables(client: &impl GenericClient, table: &str) -> Result
     Ok(())
 }
 
-/// The parent's indexes, as `USING method (columns)`, for a version's tables to build the same.
-async fn index_methods(client: &impl GenericClient) -> Result<Vec<(bool, String)>> {
+/// One of the parent's indexes, for a version's tables to build the same one.
+struct ParentIndex {
+    unique: bool,
+    /// `USING method (columns)`, from the parent's definition.
+    method_and_columns: String,
+}
+
+impl ParentIndex {
+    fn create_on(&self, full_table: &str) -> String {
+        let unique = if self.unique { "UNIQUE " } else { "" };
+        format!("CREATE {unique}INDEX ON {full_table} USING {}", self.method_and_columns)
+    }
+}
+
+/// The parent's indexes.
+async fn parent_indexes(client: &impl GenericClient) -> Result<Vec<ParentIndex>> {
     let definitions = client
         .query(
             "SELECT pg_get_indexdef(i.indexrelid), i.indisunique FROM pg_index i \
@@ -401,7 +415,10 @@ async fn index_methods(client: &impl GenericClient) -> Result<Vec<(bool, String)
         .map(|row| {
             let (definition, unique): (String, bool) = (row.get(0), row.get(1));
             match definition.split_once(" USING ") {
-                Some((_, method_and_columns)) => Ok((unique, method_and_columns.to_string())),
+                Some((_, method_and_columns)) => Ok(ParentIndex {
+                    unique,
+                    method_and_columns: method_and_columns.to_string(),
+                }),
                 None => Err(Error::DatabaseError(format!(
                     "unexpected index definition: {definition}"
                 ))),
@@ -410,11 +427,19 @@ async fn index_methods(client: &impl GenericClient) -> Result<Vec<(bool, String)
         .collect()
 }
 
+/// A version just allocated: its number, its table, and the parent's indexes it was created with,
+/// which its shares build too (read once, so the version's table and its shares match).
+struct Allocated {
+    version: i32,
+    table: String,
+    indexes: Vec<ParentIndex>,
+}
+
 /// Numbers the next version, creates its empty tables and marks it `staging`, holding a session
 /// advisory lock on it so no other load mistakes it for abandoned. The version's table is
 /// partitioned by pickup date, with the parent's indexes (instant on an empty partitioned table);
 /// each share's table stands alone until its rows are in.
-async fn allocate(client: &mut Client, request: &StageRequest, shares: &[DateShare]) -> Result<(i32, String)> {
+async fn allocate(client: &mut Client, request: &StageRequest, shares: &[DateShare]) -> Result<Allocated> {
     let source_id = request.source_id.as_str();
     sql_literal(source_id)?;
     let tx = client.transaction().await.map_err(classify)?;
@@ -443,9 +468,10 @@ async fn allocate(client: &mut Client, request: &StageRequest, shares: &[DateSha
          ALTER TABLE {full} ADD CONSTRAINT {table}_source CHECK (source_id IS NOT NULL AND source_id = {literal}); \
          ALTER TABLE {full} ALTER COLUMN source_id SET DEFAULT {literal}; "
     );
-    for (unique, method_and_columns) in index_methods(&tx).await? {
-        let unique = if unique { "UNIQUE " } else { "" };
-        ddl.push_str(&format!("CREATE {unique}INDEX ON {full} USING {method_and_columns}; "));
+    let indexes = parent_indexes(&tx).await?;
+    for index in &indexes {
+        ddl.push_str(&index.create_on(&full));
+        ddl.push_str("; ");
     }
     for (i, share) in shares.iter().enumerate() {
         let name = share_table_name(&table, i + 1);
@@ -478,7 +504,11 @@ async fn allocate(client: &mut Client, request: &StageRequest, shares: &[DateSha
         .await
         .map_err(classify)?;
     tx.commit().await.map_err(classify)?;
-    Ok((version, table))
+    Ok(Allocated {
+        version,
+        table,
+        indexes,
+    })
 }
 
 /// Removes a version that will not be swapped in: its tables and its staging lock; state `failed`.
@@ -543,17 +573,17 @@ pub async fn stage_version(
         }
     }
     let shares = divide(&rows_per_date, helpers.len() + 1);
-    let (version, table) = allocate(client, request, &shares).await?;
-    let built = build(client, helpers, request, version, &table, &shares, rows).await;
+    let allocated = allocate(client, request, &shares).await?;
+    let built = build(client, helpers, request, &allocated, &shares, rows).await;
     match built {
         Ok(staged) => {
             let _ = client
-                .execute(&staging_lock_sql("pg_advisory_unlock", &table), &[])
+                .execute(&staging_lock_sql("pg_advisory_unlock", &allocated.table), &[])
                 .await;
             Ok(staged)
         }
         Err(err) => {
-            abandon(client, &request.source_id, version, &table, true).await;
+            abandon(client, &request.source_id, allocated.version, &allocated.table, true).await;
             Err(err)
         }
     }
@@ -576,7 +606,7 @@ async fn build_share(
     session: &mut Client,
     table: &str,
     share: DateShare,
-    indexes: &[(bool, String)],
+    indexes: &[ParentIndex],
     rows: &dyn TripRows,
 ) -> Result<ShareBuilt> {
     let full = qualified(table);
@@ -607,11 +637,8 @@ async fn build_share(
     let copy_seconds = copy_started.elapsed().as_secs_f64();
 
     let indexes_started = Instant::now();
-    for (unique, method_and_columns) in indexes {
-        let unique = if *unique { "UNIQUE " } else { "" };
-        tx.batch_execute(&format!("CREATE {unique}INDEX ON {full} USING {method_and_columns}"))
-            .await
-            .map_err(classify)?;
+    for index in indexes {
+        tx.batch_execute(&index.create_on(&full)).await.map_err(classify)?;
     }
     let index_seconds = indexes_started.elapsed().as_secs_f64();
     let analyze_started = Instant::now();
@@ -634,21 +661,20 @@ async fn build(
     client: &mut Client,
     mut helpers: Vec<Client>,
     request: &StageRequest,
-    version: i32,
-    table: &str,
+    allocated: &Allocated,
     shares: &[DateShare],
     rows: &dyn TripRows,
 ) -> Result<StagedVersion> {
     let source_id = request.source_id.as_str();
+    let (version, table) = (allocated.version, allocated.table.as_str());
     let full = qualified(table);
-    let indexes = index_methods(&*client).await?;
     let started = Instant::now();
     let share_tables: Vec<String> = (1..=shares.len()).map(|i| share_table_name(table, i)).collect();
     let sessions = std::iter::once(&mut *client).chain(helpers.iter_mut());
     let built = futures::future::try_join_all(
         sessions
             .zip(shares.iter().zip(&share_tables))
-            .map(|(session, (share, name))| build_share(session, name, *share, &indexes, rows)),
+            .map(|(session, (share, name))| build_share(session, name, *share, &allocated.indexes, rows)),
     )
     .await?;
     drop(helpers);
