@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::storage::{ObjectInfo, ObjectStore, get_json, put_json, verify_object};
+use crate::storage::{ObjectInfo, ObjectStore, get_json, put_json};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest<T> {
@@ -71,22 +71,6 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Manifest<T> {
             });
         }
         Ok(manifest)
-    }
-
-    /// Opens a stage's pinned input: its manifest, read as [`Manifest::read`] does, and every object
-    /// it lists re-hashed, so what the stage reads is byte for byte what the previous stage wrote.
-    pub async fn pinned(store: &dyn ObjectStore, key: &str, stage: &str, source_id: &str) -> Result<Self> {
-        let manifest = Self::read(store, key, stage, source_id).await?;
-        manifest.verify_objects(store).await?;
-        Ok(manifest)
-    }
-
-    /// Re-hashes every object the manifest lists.
-    pub async fn verify_objects(&self, store: &dyn ObjectStore) -> Result<()> {
-        for entry in &self.objects {
-            verify_object(store, &entry.object).await?;
-        }
-        Ok(())
     }
 
     pub fn total_rows(&self) -> u64 {

@@ -231,13 +231,13 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     let layout = Layout::new(input.dataset.clone(), input.period);
     let store = &ctx.store;
     let manifest =
-        Manifest::<IngestOutput>::pinned(store.as_ref(), &input.manifest_key, INGEST, &layout.source_id()).await?;
-    if !manifest.objects.iter().any(|o| o.object.key == input.raw_key) {
+        Manifest::<IngestOutput>::read(store.as_ref(), &input.manifest_key, INGEST, &layout.source_id()).await?;
+    let Some(raw_entry) = manifest.objects.iter().find(|o| o.object.key == input.raw_key) else {
         return Err(Error::IntegrityError {
             key: input.raw_key.clone(),
             detail: format!("not listed in the ingest manifest {}", input.manifest_key),
         });
-    }
+    };
 
     // Files are named for the run so they sit beside the live ones until the publish; an input
     // without a run id (an event from before run ids) gets one here.
@@ -254,8 +254,29 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     }
     let (clean_key, quarantine_key) = (layout.clean_key(&run_id), layout.quarantine_key(&run_id));
     info!(raw_key = %input.raw_key, %clean_key, "clean started");
-    let (schema, stream) = open_projected(store, &input.raw_key).await?;
-    let source = contract::check(&schema)?;
+    // The raw object is checked against its manifest (size and CRC64-NVME) by a read of its own
+    // beside the decoding instead of before it, as transform checks its input. Nothing is published
+    // or refused until the check has passed, and its error wins over any the decoding met.
+    let check = tokio::spawn({
+        let (store, object) = (store.clone(), raw_entry.object.clone());
+        async move { crate::storage::verify_object(store.as_ref(), &object).await }
+    });
+    let checked = |check: tokio::task::JoinHandle<Result<()>>| async {
+        check.await.unwrap_or_else(|err| {
+            Err(Error::IntegrityError {
+                key: input.raw_key.clone(),
+                detail: format!("the check against the ingest manifest stopped: {err}"),
+            })
+        })
+    };
+    let (schema, stream) = match open_projected(store, &input.raw_key).await {
+        Ok(opened) => opened,
+        Err(err) => return Err(checked(check).await.err().unwrap_or(err)),
+    };
+    let source = match contract::check(&schema) {
+        Ok(source) => source,
+        Err(err) => return Err(checked(check).await.err().unwrap_or(err)),
+    };
     let row_group_rows = ctx.config.row_group_rows;
     // The kept rows, nearly all of them, encode on both cores, beside the rules.
     let mut kept_sink =
@@ -285,7 +306,7 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         Ok::<_, Error>(())
     }
     .await;
-    if let Err(err) = copied {
+    if let Err(err) = checked(check).await.and(copied) {
         let _ = kept_sink.abort().await;
         let _ = rejected_sink.abort().await;
         return Err(err);
@@ -358,14 +379,9 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         return Ok(output);
     }
 
-    let quarantine = match rejected_sink.finish().await {
-        Ok(quarantine) => quarantine,
-        Err(err) => {
-            let _ = kept_sink.abort().await;
-            return Err(err);
-        }
-    };
-    let kept = kept_sink.finish().await?;
+    // Both files finish together: their fsyncs overlap instead of queueing.
+    let (kept, quarantine) = tokio::join!(kept_sink.finish(), rejected_sink.finish());
+    let (kept, quarantine) = (kept?, quarantine?);
     let objects = vec![
         ManifestObject {
             object: kept.0,
