@@ -418,9 +418,15 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
             let (curated, dates, swapped_here) = transform_batch(&batch, &ctx.config.location_swaps)?;
             swapped += swapped_here;
             speed_totals.add_batch(&curated)?;
-            for (date, rows) in group_by_date(&dates) {
-                let part = take_record_batch(&curated, &UInt32Array::from(rows))
-                    .map_err(|e| Error::InvalidInput(e.to_string()))?;
+            // One gather puts the batch in date order and each day's rows are a slice of it: a
+            // gather per day allocated 31 sets of small buffers per batch.
+            let days = group_by_date(&dates);
+            let order: UInt32Array = days.iter().flat_map(|(_, rows)| rows.iter().copied()).collect();
+            let in_date_order = take_record_batch(&curated, &order).map_err(|e| Error::InvalidInput(e.to_string()))?;
+            let mut offset = 0;
+            for (date, rows) in days {
+                let part = in_date_order.slice(offset, rows.len());
+                offset += rows.len();
                 if !encoders[encoder_of(date)].send(date, part).await {
                     // That encoder failed; what it failed with comes back from `end`.
                     return Ok(false);
