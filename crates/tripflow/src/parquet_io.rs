@@ -421,7 +421,7 @@ impl AsyncFileWriter for SinkWriter {
 ///
 /// No page CRCs: parquet 60's writer cannot write them (`crc: None` in its page header, marked
 /// TODO upstream); readers verify them wherever a file has them. Our own objects are guarded
-/// instead by the CRC64-NVME each manifest records and each stage re-checks before reading.
+/// instead by the CRC64-NVME each manifest records and each stage re-checks as it reads.
 pub fn writer_properties(key: &str, max_row_group_rows: usize) -> WriterProperties {
     let builder = WriterProperties::builder()
         .set_compression(compression_of(key))

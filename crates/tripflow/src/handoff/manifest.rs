@@ -1,6 +1,7 @@
 //! Manifests: what each stage wrote (key, size, CRC64-NVME, rows), stored under `reports/`. The next stage
-//! checks its input objects against the manifest before reading them, so a file replaced or damaged
-//! between stages is caught (`IntegrityError`) instead of silently processed.
+//! checks its input objects against the manifest (load as it reads them, clean and transform beside
+//! their decoding) and publishes nothing before they pass, so a file replaced or damaged between
+//! stages is caught (`IntegrityError`) instead of silently processed.
 
 use serde::{Deserialize, Serialize};
 
