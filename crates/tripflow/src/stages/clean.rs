@@ -42,7 +42,7 @@ use crate::handoff::{INGEST, IngestOutput};
 use crate::parquet_io::{ColumnParallelSink, ParquetSink, ReadAhead, open_stream};
 use crate::period::Period;
 use crate::progress::{StageProgress, Unit};
-use crate::storage::{Layout, ObjectStore, get_json, put_json};
+use crate::storage::{InputCheck, Layout, ObjectStore, get_json, put_json};
 
 pub const STAGE: &str = crate::handoff::CLEAN;
 
@@ -254,28 +254,16 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     }
     let (clean_key, quarantine_key) = (layout.clean_key(&run_id), layout.quarantine_key(&run_id));
     info!(raw_key = %input.raw_key, %clean_key, "clean started");
-    // The raw object is checked against its manifest (size and CRC64-NVME) by a read of its own
-    // beside the decoding instead of before it, as transform checks its input. Nothing is published
-    // or refused until the check has passed, and its error wins over any the decoding met.
-    let check = tokio::spawn({
-        let (store, object) = (store.clone(), raw_entry.object.clone());
-        async move { crate::storage::verify_object(store.as_ref(), &object).await }
-    });
-    let checked = |check: tokio::task::JoinHandle<Result<()>>| async {
-        check.await.unwrap_or_else(|err| {
-            Err(Error::IntegrityError {
-                key: input.raw_key.clone(),
-                detail: format!("the check against the ingest manifest stopped: {err}"),
-            })
-        })
-    };
+    // Checked against the ingest manifest beside the decoding, as transform checks its input:
+    // nothing is published or refused until the check has passed.
+    let check = InputCheck::start(store.clone(), raw_entry.object.clone());
     let (schema, stream) = match open_projected(store, &input.raw_key).await {
         Ok(opened) => opened,
-        Err(err) => return Err(checked(check).await.err().unwrap_or(err)),
+        Err(err) => return Err(check.error_over(err).await),
     };
     let source = match contract::check(&schema) {
         Ok(source) => source,
-        Err(err) => return Err(checked(check).await.err().unwrap_or(err)),
+        Err(err) => return Err(check.error_over(err).await),
     };
     let row_group_rows = ctx.config.row_group_rows;
     // The kept rows, nearly all of them, encode on both cores, beside the rules.
@@ -306,7 +294,7 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
         Ok::<_, Error>(())
     }
     .await;
-    if let Err(err) = checked(check).await.and(copied) {
+    if let Err(err) = check.outcome().await.and(copied) {
         let _ = kept_sink.abort().await;
         let _ = rejected_sink.abort().await;
         return Err(err);

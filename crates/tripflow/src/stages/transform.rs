@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::parquet_io::{ParquetSink, ReadAhead, open_stream};
 use crate::progress::{StageProgress, Unit};
-use crate::storage::{Layout, ObjectStore};
+use crate::storage::{InputCheck, Layout, ObjectStore};
 
 pub const STAGE: &str = crate::handoff::TRANSFORM;
 
@@ -365,31 +365,14 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
         info!(%run_id, "this run is published: transform answers with its report and writes nothing");
         return Ok(reported);
     }
-    // The clean object is checked against its manifest (size and CRC64-NVME) by a read of its own that
-    // runs beside the decoding instead of before it. Nothing this stage writes is kept unless the
-    // check passes, and its error wins over any the decoding met on a damaged object.
-    let input_checked = Arc::new(AtomicBool::new(false));
-    let check = tokio::spawn({
-        let (store, object, input_checked) = (store.clone(), clean_entry.object.clone(), input_checked.clone());
-        async move {
-            crate::storage::verify_object(store.as_ref(), &object).await?;
-            input_checked.store(true, Ordering::Release);
-            Ok(())
-        }
-    });
-    let checked = |check: tokio::task::JoinHandle<Result<()>>| async {
-        check.await.unwrap_or_else(|err| {
-            Err(Error::IntegrityError {
-                key: input.clean_key.clone(),
-                detail: format!("the check against the clean manifest stopped: {err}"),
-            })
-        })
-    };
+    // Checked against the clean manifest beside the decoding (`InputCheck`): nothing this stage
+    // writes is kept unless the check passes.
+    let check = InputCheck::start(store.clone(), clean_entry.object.clone());
 
     info!(clean_key = %input.clean_key, "transform started");
     let stream = match open_stream(store, &input.clean_key, None).await {
         Ok((_, stream)) => stream,
-        Err(err) => return Err(checked(check).await.err().unwrap_or(err)),
+        Err(err) => return Err(check.error_over(err).await),
     };
     let mut batches = ReadAhead::stream(&input.clean_key, stream);
     let encoders: Vec<DayEncoder> = (0..ENCODERS)
@@ -400,7 +383,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
                 run_id.clone(),
                 ctx.config.row_group_rows,
                 ctx.config.write_buffer_bytes / ENCODERS,
-                input_checked.clone(),
+                check.passed(),
             )
         })
         .collect();
@@ -438,7 +421,7 @@ pub async fn run(ctx: &StageContext, input: TransformInput) -> Result<TransformO
     .await;
     // Every encoder is told how the reading ended: all finish their files, or all throw theirs
     // away; the check's error first, then the first other.
-    let check = checked(check).await;
+    let check = check.outcome().await;
     let finish = check.is_ok() && matches!(handed_out, Ok(true));
     let mut objects = Vec::new();
     let mut failure = check.err().or(handed_out.err());

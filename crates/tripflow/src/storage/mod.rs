@@ -11,6 +11,8 @@ pub(crate) mod local;
 
 use std::fmt::Debug;
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -161,6 +163,52 @@ pub async fn verify_object(store: &dyn ObjectStore, expected: &ObjectInfo) -> Re
         other => other?,
     };
     check_against(expected, &actual)
+}
+
+/// A stage's input object being checked against the size and checksum its manifest recorded
+/// ([`verify_object`]), by a read of its own on a task of its own, beside the stage's decoding of
+/// the same object instead of before it. The stage keeps nothing it wrote from that object unless
+/// the check passes, and the check's error wins over any the decoding met on a damaged object.
+pub struct InputCheck {
+    key: String,
+    task: tokio::task::JoinHandle<Result<()>>,
+    passed: Arc<AtomicBool>,
+}
+
+impl InputCheck {
+    pub fn start(store: Arc<dyn ObjectStore>, expected: ObjectInfo) -> Self {
+        let passed = Arc::new(AtomicBool::new(false));
+        let key = expected.key.clone();
+        let task = tokio::spawn({
+            let passed = passed.clone();
+            async move {
+                verify_object(store.as_ref(), &expected).await?;
+                passed.store(true, Ordering::Release);
+                Ok(())
+            }
+        });
+        InputCheck { key, task, passed }
+    }
+
+    /// Set once the check has passed, for work that may go ahead only then.
+    pub fn passed(&self) -> Arc<AtomicBool> {
+        self.passed.clone()
+    }
+
+    /// Waits for the check.
+    pub async fn outcome(self) -> Result<()> {
+        self.task.await.unwrap_or_else(|err| {
+            Err(Error::IntegrityError {
+                key: self.key,
+                detail: format!("the check against its manifest stopped: {err}"),
+            })
+        })
+    }
+
+    /// What a stage that failed with `err` fails with: the check's error, should it fail too.
+    pub async fn error_over(self, err: Error) -> Error {
+        self.outcome().await.err().unwrap_or(err)
+    }
 }
 
 /// Reads a whole object, checking it against the size and checksum a manifest recorded on the way
