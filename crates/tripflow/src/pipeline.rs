@@ -143,6 +143,9 @@ pub async fn run_all(ctx: &StageContext, client: &mut Client, input: IngestInput
         cleaned,
         transformed,
     } = prepare_timed(ctx, input, &mut seconds).await?;
+    if let Some(before_load) = ctx.before_load {
+        before_load();
+    }
     let mut stopwatch = Stopwatch(Instant::now());
     let mut lap = |slot: &mut f64| stopwatch.lap(slot);
 

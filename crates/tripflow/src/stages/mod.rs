@@ -25,6 +25,11 @@ pub struct StageContext {
     /// Opens load's further database sessions, one per COPY stream beyond the first
     /// ([`crate::db::versions::stage_version`]); without it load copies on its one session.
     pub sessions: Option<Arc<dyn Sessions>>,
+    /// Called before the load of a run that goes through every stage in one process (`tripflow
+    /// run`; a Lambda runs one stage and exits). The command gives its allocator's freed pages back
+    /// there: what transform freed and the allocator still keeps would otherwise stack onto load's
+    /// first buffers, and make the run's peak.
+    pub before_load: Option<fn()>,
 }
 
 impl StageContext {
@@ -34,11 +39,17 @@ impl StageContext {
             config,
             progress: Arc::new(Silent),
             sessions: None,
+            before_load: None,
         }
     }
 
     pub fn with_sessions(mut self, sessions: Arc<dyn Sessions>) -> Self {
         self.sessions = Some(sessions);
+        self
+    }
+
+    pub fn with_before_load(mut self, before_load: fn()) -> Self {
+        self.before_load = Some(before_load);
         self
     }
 
