@@ -17,7 +17,7 @@ use parquet::arrow::arrow_writer::{
 };
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
 use parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
@@ -416,15 +416,15 @@ impl AsyncFileWriter for SinkWriter {
     }
 }
 
-/// Writer settings for the object at `key`: its zone's codec ([`compression_of`]), statistics for
+/// Writer settings for the objects of our zones: their codec ([`CODEC`]), statistics for
 /// Athena's pruning, row groups small enough that a writer's buffer stays within a Lambda's memory.
 ///
 /// No page CRCs: parquet 60's writer cannot write them (`crc: None` in its page header, marked
 /// TODO upstream); readers verify them wherever a file has them. Our own objects are guarded
 /// instead by the CRC64-NVME each manifest records and each stage re-checks as it reads.
-pub fn writer_properties(key: &str, max_row_group_rows: usize) -> WriterProperties {
+pub fn writer_properties(max_row_group_rows: usize) -> WriterProperties {
     let builder = WriterProperties::builder()
-        .set_compression(compression_of(key))
+        .set_compression(CODEC)
         .set_max_row_group_row_count(Some(max_row_group_rows))
         .set_created_by(format!("tripflow {}", env!("CARGO_PKG_VERSION")));
     UNIQUE_VALUED_COLUMNS
@@ -435,25 +435,21 @@ pub fn writer_properties(key: &str, max_row_group_rows: usize) -> WriterProperti
         .build()
 }
 
-/// The codec of each zone, chosen by measurement (three interleaved runs of a 1.93 M-row month,
-/// 2026-12-04):
-/// - curated: Snappy. Transform keeps a file open per day, 31 writers of 17 columns, and every
-///   column writer of parquet's zstd codec holds a decompression context it never uses (some 75 KiB
-///   each, 39 MB of a 116 MB heap peak in heaptrack) and makes a fresh pair per row group.
-///   Against zstd level 1, transform 1.08-1.21 s to 0.90-0.96 s and its peak RSS 152-158 to
-///   139-145 MiB (at 10x, 180 to 146 MiB live), for files 18% larger (64 to 75 MB). Snappy is
-///   what Spark writes by default: every reader of the Glue catalog has it.
-/// - clean and quarantine: zstd level 1, one writer each. Against level 3, clean 0.91-1.04 s to
-///   0.67-0.73 s for files 7% larger (38 to 41 MB); level 3's match finder was the largest single
-///   cost of the stage in `perf`. LZ4 bought 0.03 s more, not worth a codec some readers lack.
-pub fn compression_of(key: &str) -> Compression {
-    const ZSTD_LEVEL: i32 = 1;
-    if key.starts_with(crate::storage::layout::CURATED) {
-        Compression::SNAPPY
-    } else {
-        Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default())
-    }
-}
+/// The codec of every zone we write, Snappy, chosen by measurement:
+/// - curated (2026-12-04, three interleaved runs of a 1.93 M-row month): transform keeps a file open
+///   per day, 31 writers of 17 columns, and every column writer of parquet's zstd codec holds a
+///   decompression context it never uses (some 75 KiB each, 39 MB of a 116 MB heap peak in
+///   heaptrack) and makes a fresh pair per row group. Against zstd level 1, transform 1.08-1.21 s
+///   to 0.90-0.96 s and its peak RSS 152-158 to 139-145 MiB (at 10x, 180 to 146 MiB live), for
+///   files 18% larger (64 to 75 MB).
+/// - clean and quarantine (2026-12-05, eight interleaved runs): the clean file is written once, by
+///   clean, and read once, by transform, so its codec costs both stages. Against zstd level 1
+///   (which had beaten level 3 in clean alone), clean + transform 1.105-1.349 s (median 1.200) to
+///   1.065-1.207 s (1.129), files 14% larger (40.6 to 46.4 MB); no codec at all, 1.095, within the
+///   noise of Snappy, for files 24% larger.
+///
+/// Snappy is what Spark writes by default: every reader of the Glue catalog has it.
+pub const CODEC: Compression = Compression::SNAPPY;
 
 /// Columns whose values are nearly all distinct (the timestamps, to the second, and the speed): a
 /// dictionary of them is as large as the values, and building it hashes every value and holds a
@@ -483,7 +479,7 @@ impl ParquetSink {
         let writer = AsyncArrowWriter::try_new(
             SinkWriter { sink: Some(sink) },
             schema,
-            Some(writer_properties(key, max_row_group_rows)),
+            Some(writer_properties(max_row_group_rows)),
         )
         .map_err(|e| write_error(key, e))?;
         Ok(ParquetSink {
@@ -583,12 +579,8 @@ impl ColumnParallelSink {
     ) -> Result<Self> {
         // ArrowWriter sets up what a reader expects of the file (the Arrow schema in its metadata,
         // the codec and encodings per column); its lower-level parts then take the row groups.
-        let writer = ArrowWriter::try_new(
-            Vec::new(),
-            schema.clone(),
-            Some(writer_properties(key, max_row_group_rows)),
-        )
-        .map_err(|e| write_error(key, e))?;
+        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties(max_row_group_rows)))
+            .map_err(|e| write_error(key, e))?;
         let (file, factory) = writer.into_serialized_writer().map_err(|e| write_error(key, e))?;
         let sink = store.create(key).await?;
         Ok(ColumnParallelSink {
@@ -787,7 +779,7 @@ mod tests {
     #[test]
     fn only_the_columns_of_repeated_values_get_a_dictionary() {
         use crate::contract::col;
-        let props = writer_properties("clean/yellow/period=2021-03/part-r.parquet", BATCH_ROWS);
+        let props = writer_properties(BATCH_ROWS);
         let dictionary = |column: &str| props.dictionary_enabled(&ColumnPath::from(column));
         for column in [col::PICKUP_AT, col::DROPOFF_AT, crate::handoff::curated::SPEED_MPH] {
             assert!(!dictionary(column), "{column}");
@@ -800,20 +792,6 @@ mod tests {
         ] {
             assert!(dictionary(column), "{column}");
         }
-    }
-
-    #[test]
-    fn each_zone_gets_its_measured_codec() {
-        let codec = |key: &str| {
-            writer_properties(key, BATCH_ROWS).compression(&ColumnPath::from(crate::contract::col::PICKUP_AT))
-        };
-        let zstd1 = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
-        assert_eq!(codec("clean/yellow/period=2021-03/part-r.parquet"), zstd1);
-        assert_eq!(codec("quarantine/yellow/period=2021-03/part-r.parquet"), zstd1);
-        assert_eq!(
-            codec("curated/yellow/pickup_date=2021-03-01/part-r.parquet"),
-            Compression::SNAPPY
-        );
     }
 
     #[test]
