@@ -2,8 +2,9 @@
 
     python3 scripts/bench/stage_rss.py target/release/tripflow run MONTH.parquet --data-dir DIR -v
 
-Runs the command (which must log at INFO, `-v`), reads the process's VmRSS every 10 ms and splits the
-samples at the `<stage> done` log lines. With a DATABASE_URL the private cluster's start-up stays out
+Runs the command (which must log at INFO, `-v`), reads the process's VmRSS every millisecond (every
+10 ms missed load's start, a peak of a few tens of milliseconds) and splits the samples at the
+`<stage> done` log lines; each stage's peak comes with when it was reached, in seconds into the stage. With a DATABASE_URL the private cluster's start-up stays out
 of the figures. jemalloc's runtime options (`_RJEM_MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`)
 show what is live rather than what the allocator keeps.
 """
@@ -37,14 +38,14 @@ def main():
                         samples.append((time.time(), int(line.split()[1]) // 1024))
         except FileNotFoundError:
             break
-        time.sleep(0.01)
+        time.sleep(0.001)
     reader.join(timeout=5)
     if proc.returncode != 0 or not samples:
         sys.exit(f"the command failed (exit {proc.returncode})")
     start = samples[0][0]
     for when, stage in done_at:
-        peak = max((mib for t, mib in samples if start <= t <= when), default=0)
-        print(f"{stage:10s} {when - start:7.2f} s  peak {peak} MiB")
+        peak, at = max(((mib, t) for t, mib in samples if start <= t <= when), default=(0, start))
+        print(f"{stage:10s} {when - start:7.2f} s  peak {peak} MiB at +{at - start:.2f} s")
         start = when
     print(f"{'whole run':10s} {'':9s}  peak {max(mib for _, mib in samples)} MiB")
 
