@@ -616,6 +616,33 @@ async fn reading_one_column_of_a_parquet_object_fetches_a_fraction_of_it() {
 }
 
 #[tokio::test]
+async fn a_parquet_object_s_footer_is_read_once_for_its_schema_and_its_columns() {
+    let world = World::new().await;
+    let body = world.generate(100_000, 5);
+    world.land(LANDING_KEY, &body).await;
+    let intercepted = Intercepted::new(world.store());
+    let reads = intercepted.reads();
+    let counting: Arc<dyn ObjectStore> = Arc::new(intercepted);
+
+    // What clean does: the schema decides the columns, then those columns stream.
+    let object = tripflow::parquet_io::ParquetObject::open(&counting, LANDING_KEY)
+        .await
+        .unwrap();
+    let opened = reads.load(Ordering::Relaxed);
+    assert!(opened > 0);
+    assert!(object.schema().field_with_name("trip_distance").is_ok());
+    let (schema, stream) = object.stream(Some(&["trip_distance"])).unwrap();
+    assert_eq!(
+        reads.load(Ordering::Relaxed),
+        opened,
+        "choosing the columns reads nothing more"
+    );
+    assert_eq!(schema.fields().len(), 1);
+    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100_000);
+}
+
+#[tokio::test]
 async fn a_ranged_get_returns_exactly_the_bytes_asked_for() {
     let world = World::new().await;
     let body: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 256) as u8).collect();

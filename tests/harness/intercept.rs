@@ -1,5 +1,5 @@
 //! A store in front of a real one, for tests that need to see or bend what a stage does to it:
-//! count the bytes reads bring back, or refuse every write under one prefix (an S3 prefix the role
+//! count the reads and the bytes they bring back, or refuse every write under one prefix (an S3 prefix the role
 //! may not write, a read-only folder). Everything else goes to the real store unchanged.
 
 use std::ops::Range;
@@ -18,6 +18,7 @@ pub struct Intercepted {
     inner: Arc<dyn ObjectStore>,
     refused_prefix: Option<&'static str>,
     bytes_read: Arc<AtomicU64>,
+    reads: Arc<AtomicU64>,
 }
 
 impl Intercepted {
@@ -26,6 +27,7 @@ impl Intercepted {
             inner,
             refused_prefix: None,
             bytes_read: Arc::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -38,6 +40,11 @@ impl Intercepted {
     /// The bytes every read so far brought back.
     pub fn bytes_read(&self) -> Arc<AtomicU64> {
         self.bytes_read.clone()
+    }
+
+    /// The read requests so far (a size, a GET, a ranged GET each count one).
+    pub fn reads(&self) -> Arc<AtomicU64> {
+        self.reads.clone()
     }
 
     fn check_write(&self, key: &str) -> tripflow::Result<()> {
@@ -58,9 +65,11 @@ impl ObjectStore for Intercepted {
         self.inner.describe()
     }
     async fn size(&self, key: &str) -> tripflow::Result<Option<u64>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         self.inner.size(key).await
     }
     async fn get(&self, key: &str) -> tripflow::Result<ByteStream> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let bytes = self.bytes_read.clone();
         let stream = self.inner.get(key).await?;
         Ok(Box::pin(stream.inspect_ok(move |chunk| {
@@ -68,6 +77,7 @@ impl ObjectStore for Intercepted {
         })))
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> tripflow::Result<Bytes> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let got = self.inner.get_range(key, range).await?;
         self.bytes_read.fetch_add(got.len() as u64, Ordering::Relaxed);
         Ok(got)

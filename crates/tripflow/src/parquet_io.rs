@@ -184,40 +184,74 @@ async fn read_footer(store: &Arc<dyn ObjectStore>, key: &str) -> Result<(u64, Ar
     Ok((size, metadata))
 }
 
+/// A Parquet object whose footer has been read and checked: its schema is known, and any of its
+/// columns can be streamed without reading the footer again.
+pub struct ParquetObject {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    size: u64,
+    metadata: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+}
+
+impl ParquetObject {
+    pub async fn open(store: &Arc<dyn ObjectStore>, key: &str) -> Result<Self> {
+        let (size, metadata) = read_metadata(store, key).await?;
+        let metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new())
+            .map_err(|e| damaged(key, e))?;
+        Ok(ParquetObject {
+            store: store.clone(),
+            key: key.to_string(),
+            size,
+            metadata,
+        })
+    }
+
+    /// The Arrow schema of every column.
+    pub fn schema(&self) -> &SchemaRef {
+        self.metadata.schema()
+    }
+
+    /// Streams the named columns (all when `columns` is `None`).
+    pub fn stream(self, columns: Option<&[&str]>) -> Result<(SchemaRef, ParquetRecordBatchStream<StoreFileReader>)> {
+        let ParquetObject {
+            store,
+            key,
+            size,
+            metadata,
+        } = self;
+        let reader = StoreFileReader::new(store, &key, size);
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
+        let builder = match columns {
+            None => builder,
+            Some(names) => {
+                let descr = builder.parquet_schema();
+                let indices: Vec<usize> = descr
+                    .root_schema()
+                    .get_fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| names.contains(&f.name()))
+                    .map(|(i, _)| i)
+                    .collect();
+                let mask = parquet::arrow::ProjectionMask::roots(descr, indices);
+                builder.with_projection(mask)
+            }
+        };
+        let stream = builder
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| damaged(&key, e))?;
+        Ok((stream.schema().clone(), stream))
+    }
+}
+
 /// Opens a Parquet object for streaming reads of the named columns (all when `columns` is `None`).
 pub async fn open_stream(
     store: &Arc<dyn ObjectStore>,
     key: &str,
     columns: Option<&[&str]>,
 ) -> Result<(SchemaRef, ParquetRecordBatchStream<StoreFileReader>)> {
-    let (size, metadata) = read_metadata(store, key).await?;
-    let reader = StoreFileReader::new(store.clone(), key, size);
-    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
-        reader,
-        parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new())
-            .map_err(|e| damaged(key, e))?,
-    );
-    let builder = match columns {
-        None => builder,
-        Some(names) => {
-            let descr = builder.parquet_schema();
-            let indices: Vec<usize> = descr
-                .root_schema()
-                .get_fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| names.contains(&f.name()))
-                .map(|(i, _)| i)
-                .collect();
-            let mask = parquet::arrow::ProjectionMask::roots(descr, indices);
-            builder.with_projection(mask)
-        }
-    };
-    let stream = builder
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| damaged(key, e))?;
-    Ok((stream.schema().clone(), stream))
+    ParquetObject::open(store, key).await?.stream(columns)
 }
 
 /// Batches a stage may have decoded ahead of the one it works on: enough to keep the decoder busy

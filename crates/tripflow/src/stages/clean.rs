@@ -39,7 +39,7 @@ use crate::contract::{self, CanonicalBatch, col, typed_column};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::handoff::{INGEST, IngestOutput};
-use crate::parquet_io::{ColumnParallelSink, ParquetSink, ReadAhead, open_stream};
+use crate::parquet_io::{ColumnParallelSink, ParquetObject, ParquetSink, ReadAhead};
 use crate::period::Period;
 use crate::progress::{StageProgress, Unit};
 use crate::storage::{InputCheck, Layout, ObjectStore, get_json, put_json};
@@ -412,11 +412,11 @@ async fn open_projected(
     SchemaRef,
     parquet::arrow::async_reader::ParquetRecordBatchStream<crate::parquet_io::StoreFileReader>,
 )> {
-    // The footer's schema decides the projection; reading it twice costs one small ranged GET.
-    let (full_schema, _) = open_stream(store, key, None).await?;
-    let columns = contract::check(&full_schema)?;
+    // The footer, read once, gives the schema the projection is chosen from.
+    let object = ParquetObject::open(store, key).await?;
+    let columns = contract::check(object.schema())?;
     let names = columns.source_columns();
-    open_stream(store, key, Some(&names)).await
+    object.stream(Some(&names))
 }
 
 #[cfg(test)]
