@@ -4,8 +4,8 @@
 
 Runs the command (which must log at INFO, `-v`), reads the process's VmRSS every millisecond (every
 10 ms missed load's start, a peak of a few tens of milliseconds) and splits the samples at the
-`<stage> done` log lines; each stage's peak comes with when it was reached, in seconds into the stage. With a DATABASE_URL the private cluster's start-up stays out
-of the figures. jemalloc's runtime options (`_RJEM_MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`)
+`<stage> done` log lines; each stage's peak comes with when it was reached, in seconds into the
+stage. With a DATABASE_URL the private cluster's start-up stays out of the figures. jemalloc's runtime options (`_RJEM_MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`)
 show what is live rather than what the allocator keeps.
 """
 import re

@@ -1,6 +1,7 @@
 //! A store in front of a real one, for tests that need to see or bend what a stage does to it:
-//! count the reads and the bytes they bring back, or refuse every write under one prefix (an S3 prefix the role
-//! may not write, a read-only folder). Everything else goes to the real store unchanged.
+//! count the reads and the bytes they bring back, or refuse every write under one prefix (an S3
+//! prefix the role may not write, a read-only folder). Everything else goes to the real store
+//! unchanged.
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
 };
@@ -190,14 +190,14 @@ pub struct ParquetObject {
     store: Arc<dyn ObjectStore>,
     key: String,
     size: u64,
-    metadata: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    metadata: ArrowReaderMetadata,
 }
 
 impl ParquetObject {
     pub async fn open(store: &Arc<dyn ObjectStore>, key: &str) -> Result<Self> {
         let (size, metadata) = read_metadata(store, key).await?;
-        let metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new())
-            .map_err(|e| damaged(key, e))?;
+        let metadata =
+            ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new()).map_err(|e| damaged(key, e))?;
         Ok(ParquetObject {
             store: store.clone(),
             key: key.to_string(),
