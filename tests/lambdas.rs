@@ -608,7 +608,7 @@ async fn reading_one_column_of_a_parquet_object_reads_its_footer_once_and_a_frac
     let opened = reads.load(Ordering::Relaxed);
     assert!(opened > 0);
     assert!(object.schema().field_with_name("trip_distance").is_ok());
-    let (schema, stream) = object.stream(Some(&["trip_distance"])).unwrap();
+    let (schema, stream) = object.stream(Some(&["trip_distance"]), 32 * 1024).unwrap();
     assert_eq!(
         reads.load(Ordering::Relaxed),
         opened,
@@ -618,6 +618,8 @@ async fn reading_one_column_of_a_parquet_object_reads_its_footer_once_and_a_frac
     let batches: Vec<_> = stream.try_collect().await.unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 100_000);
+    let sizes: Vec<usize> = batches.iter().map(|b| b.num_rows()).collect();
+    assert_eq!(sizes, [32_768, 32_768, 32_768, 1_696], "batches of the size asked for");
     let fetched = bytes.load(Ordering::Relaxed);
     assert!(
         fetched * 4 < body.len() as u64,

@@ -30,8 +30,6 @@ use crate::storage::{ObjectInfo, ObjectSink, ObjectStore, read_verified};
 const MAGIC: &[u8; 4] = b"PAR1";
 /// Footers of TLC files are a few KiB; one 64 KiB GET almost always fetches the whole of it.
 const FOOTER_PREFETCH: usize = 64 * 1024;
-/// Rows per decoded batch: bounds memory while keeping the kernels vectorised.
-pub const BATCH_ROWS: usize = 64 * 1024;
 
 /// An [`AsyncFileReader`] that fetches byte ranges from the store.
 pub struct StoreFileReader {
@@ -211,8 +209,13 @@ impl ParquetObject {
         self.metadata.schema()
     }
 
-    /// Streams the named columns (all when `columns` is `None`).
-    pub fn stream(self, columns: Option<&[&str]>) -> Result<(SchemaRef, ParquetRecordBatchStream<StoreFileReader>)> {
+    /// Streams the named columns (all when `columns` is `None`) in batches of `batch_rows` rows: the
+    /// batch size bounds what a stage holds decoded, and each stage chooses its own by measurement.
+    pub fn stream(
+        self,
+        columns: Option<&[&str]>,
+        batch_rows: usize,
+    ) -> Result<(SchemaRef, ParquetRecordBatchStream<StoreFileReader>)> {
         let ParquetObject {
             store,
             key,
@@ -238,24 +241,26 @@ impl ParquetObject {
             }
         };
         let stream = builder
-            .with_batch_size(BATCH_ROWS)
+            .with_batch_size(batch_rows)
             .build()
             .map_err(|e| damaged(&key, e))?;
         Ok((stream.schema().clone(), stream))
     }
 }
 
-/// Opens a Parquet object for streaming reads of the named columns (all when `columns` is `None`).
+/// Opens a Parquet object for streaming reads of the named columns (all when `columns` is `None`),
+/// `batch_rows` rows at a time.
 pub async fn open_stream(
     store: &Arc<dyn ObjectStore>,
     key: &str,
     columns: Option<&[&str]>,
+    batch_rows: usize,
 ) -> Result<(SchemaRef, ParquetRecordBatchStream<StoreFileReader>)> {
-    ParquetObject::open(store, key).await?.stream(columns)
+    ParquetObject::open(store, key).await?.stream(columns, batch_rows)
 }
 
 /// Batches a stage may have decoded ahead of the one it works on: enough to keep the decoder busy
-/// while the stage encodes, little enough memory ([`BATCH_ROWS`] rows each).
+/// while the stage encodes, little enough memory.
 const READ_AHEAD_BATCHES: usize = 2;
 
 type Decoded = Result<(usize, RecordBatch)>;
@@ -765,6 +770,8 @@ impl ColumnParallelSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BATCH_ROWS: usize = 64 * 1024;
 
     #[test]
     fn a_damaged_page_is_the_source_s_fault_in_raw_and_ours_in_our_zones() {
