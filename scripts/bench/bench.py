@@ -9,8 +9,8 @@ runs, interleaved, RUNS times each, every contender as a whole process under /us
   duckdb-1file  the same into one file (zstd level 1): DuckDB's fastest configuration
   polars-part   Polars, partitioned like duckdb-part
   copy          PostgreSQL's server-side binary COPY of the same curated rows, unindexed table
-and prints the medians and the ratios issue 8 sets targets for. With --lambda-dir it also measures
-each Lambda bootstrap's size and init time (lambda_init.py).
+and prints the medians (with each run's seconds) and the ratios issue 8 sets targets for. With
+--lambda-dir it also measures each Lambda bootstrap's size and init time (lambda_init.py).
 """
 import argparse
 import json
@@ -126,7 +126,7 @@ def main():
             med = {k: (statistics.median(x for x, _ in v), statistics.median(m for _, m in v))
                    for k, v in samples.items()}
             stage_med = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
-            results[label] = (rows, med, stage_med)
+            results[label] = (rows, med, stage_med, samples, stages)
         lambda_checks = []
         if args.lambda_dir:
             import lambda_init
@@ -146,14 +146,19 @@ def main():
 def report(results, runs, lambda_checks):
     print(f"\ntripflow beside its anchors: medians of {runs} interleaved runs, whole processes, "
           f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    for label, (rows, med, st) in results.items():
+    for label, (rows, med, st, samples, stages) in results.items():
         print(f"\n{label}: {rows:,} generated rows")
-        print(f"  {'contender':<14} {'seconds':>8} {'peak RSS MiB':>13}")
+        print(f"  {'contender':<14} {'seconds':>8} {'peak RSS MiB':>13}   seconds of each run")
         for name, (s, rss) in med.items():
-            print(f"  {name:<14} {s:>8.2f} {rss:>13.0f}")
+            each = " ".join(f"{x:.2f}" for x, _ in samples[name])
+            print(f"  {name:<14} {s:>8.2f} {rss:>13.0f}   {each}")
         print("  tripflow stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in st.items()))
+        # The VM's speed drifts within a bench; a round's contenders ran minutes apart at most, so
+        # each round's own ratio shows how much of the medians' ratio is the machine.
+        paired = [(s["clean"] + s["transform"]) / d for s, (d, _) in zip(stages, samples["duckdb-part"])]
+        print("  clean + transform / DuckDB partitioned, each run: " + " ".join(f"{r:.2f}" for r in paired))
 
-    rows, med, st = results["1x"]
+    rows, med, st, _, _ = results["1x"]
     ct = st["clean"] + st["transform"]
     checks = [
         ("clean + transform / DuckDB partitioned", ct / med["duckdb-part"][0], 1.0),
@@ -164,7 +169,7 @@ def report(results, runs, lambda_checks):
         ("1x peak RSS, MiB", med["tripflow"][1], 160),
     ]
     if "10x" in results:
-        _, med10, _ = results["10x"]
+        _, med10, _, _, _ = results["10x"]
         checks += [
             ("10x whole run / 1x whole run", med10["tripflow"][0] / med["tripflow"][0], 10.5),
             ("10x peak RSS / 1x peak RSS", med10["tripflow"][1] / med["tripflow"][1], 1.1),
