@@ -3,8 +3,8 @@
 # COPY), same machine, same session, interleaved, whole processes under /usr/bin/time; prints the
 # medians and the ratios of issue 8's targets. Figures live here, never in timed tests.
 #
-#   bash scripts/bench.sh [--rows N] [--runs R] [--no-10x] [--no-lambdas]
-#                                         default: 1,930,000 rows, 3 runs, 10x too, Lambdas too
+#   bash scripts/bench.sh [--rows N] [--runs R] [--runs-10x R] [--no-10x] [--no-lambdas]
+#                         default: 1,930,000 rows, 5 runs (3 at 10x), 10x too, Lambdas too
 #
 # Installs the anchors, pinned, into .venv (DuckDB, Polars, pyarrow, psycopg) and builds the release
 # binary first. The 10x month (19.3 M rows) takes a few minutes per tripflow run. Unless

@@ -3,7 +3,8 @@
 Called by scripts/bench.sh (which builds the release binary and installs the anchors in .venv).
 
 For each month size (1x, and 10x unless --no-10x) it generates the month with `tripflow gen`, then
-runs, interleaved, RUNS times each, every contender as a whole process under /usr/bin/time:
+runs, interleaved, RUNS times each (RUNS_10X at 10x), every contender as a whole process under
+/usr/bin/time:
   tripflow      `tripflow run` into a fresh database of one private PostgreSQL cluster
   duckdb-part   DuckDB clean + transform into Hive partitions by pickup_date (zstd)
   duckdb-1file  the same into one file (zstd level 1): DuckDB's fastest configuration
@@ -57,7 +58,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True)
     ap.add_argument("--rows", type=int, default=1_930_000)
-    ap.add_argument("--runs", type=int, default=3)
+    # A 1x round takes some 10 s and this VM's speed drifts by 10-20% within an hour: five rounds
+    # settle the 1x medians better than three. A 10x round takes minutes.
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs-10x", type=int, default=3)
     ap.add_argument("--no-10x", action="store_true")
     ap.add_argument("--work", default=None)
     ap.add_argument("--lambda-dir", help="the host's release Lambda binaries: their init times")
@@ -80,10 +84,10 @@ def main():
         psql(base_url, f"CREATE DATABASE {name}")
         return base_url.rsplit("/", 1)[0] + "/" + name
 
-    sizes = [("1x", args.rows)] + ([] if args.no_10x else [("10x", args.rows * 10)])
+    sizes = [("1x", args.rows, args.runs)] + ([] if args.no_10x else [("10x", args.rows * 10, args.runs_10x)])
     results = {}
     try:
-        for label, rows in sizes:
+        for label, rows, runs in sizes:
             month_dir = work / label
             month_dir.mkdir(exist_ok=True)
             source = month_dir / "yellow_tripdata_2021-03.parquet"
@@ -99,8 +103,8 @@ def main():
 
             samples = {k: [] for k in ["tripflow", "duckdb-part", "duckdb-1file", "polars-part", "copy"]}
             stages = []
-            for run in range(args.runs):
-                print(f"  {label} run {run + 1}/{args.runs}", file=sys.stderr, flush=True)
+            for run in range(runs):
+                print(f"  {label} run {run + 1}/{runs}", file=sys.stderr, flush=True)
                 url = fresh_database()
                 data = month_dir / f"data-{run}"
                 s, rss, out = timed([args.bin, "run", source, "--data-dir", data, "--json"],
@@ -140,14 +144,14 @@ def main():
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
-    report(results, args.runs, lambda_checks)
+    report(results, lambda_checks)
 
 
-def report(results, runs, lambda_checks):
-    print(f"\ntripflow beside its anchors: medians of {runs} interleaved runs, whole processes, "
+def report(results, lambda_checks):
+    print(f"\ntripflow beside its anchors: medians of interleaved runs, whole processes, "
           f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     for label, (rows, med, st, samples, stages) in results.items():
-        print(f"\n{label}: {rows:,} generated rows")
+        print(f"\n{label}: {rows:,} generated rows, {len(stages)} runs")
         print(f"  {'contender':<14} {'seconds':>8} {'peak RSS MiB':>13}   seconds of each run")
         for name, (s, rss) in med.items():
             each = " ".join(f"{x:.2f}" for x, _ in samples[name])
