@@ -127,10 +127,7 @@ def main():
             psql(base_url, f"DROP DATABASE IF EXISTS {prep.rsplit('/', 1)[1]}")
             copy_file.unlink(missing_ok=True)
             shutil.rmtree(month_dir, ignore_errors=True)
-            med = {k: (statistics.median(x for x, _ in v), statistics.median(m for _, m in v))
-                   for k, v in samples.items()}
-            stage_med = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
-            results[label] = (rows, med, stage_med, samples, stages)
+            results[label] = (rows, samples, stages)
         lambda_checks = []
         if args.lambda_dir:
             import lambda_init
@@ -147,22 +144,29 @@ def main():
     report(results, lambda_checks)
 
 
+def medians(samples, stages):
+    """Each contender's median (seconds, peak RSS), and tripflow's median seconds per stage."""
+    med = {k: (statistics.median(x for x, _ in v), statistics.median(m for _, m in v)) for k, v in samples.items()}
+    return med, {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+
+
 def report(results, lambda_checks):
     print(f"\ntripflow beside its anchors: medians of interleaved runs, whole processes, "
           f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    for label, (rows, med, st, samples, stages) in results.items():
+    for label, (rows, samples, stages) in results.items():
+        med, st = medians(samples, stages)
         print(f"\n{label}: {rows:,} generated rows, {len(stages)} runs")
         print(f"  {'contender':<14} {'seconds':>8} {'peak RSS MiB':>13}   seconds of each run")
         for name, (s, rss) in med.items():
             each = " ".join(f"{x:.2f}" for x, _ in samples[name])
             print(f"  {name:<14} {s:>8.2f} {rss:>13.0f}   {each}")
         print("  tripflow stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in st.items()))
-        # The VM's speed drifts within a bench; a round's contenders ran minutes apart at most, so
-        # each round's own ratio shows how much of the medians' ratio is the machine.
+        # The VM's speed drifts within a bench; a round's contenders run one after the other (within
+        # seconds at 1x), so each round's own ratio shows how much of the medians' ratio is the machine.
         paired = [(s["clean"] + s["transform"]) / d for s, (d, _) in zip(stages, samples["duckdb-part"])]
         print("  clean + transform / DuckDB partitioned, each run: " + " ".join(f"{r:.2f}" for r in paired))
 
-    rows, med, st, _, _ = results["1x"]
+    med, st = medians(*results["1x"][1:])
     ct = st["clean"] + st["transform"]
     checks = [
         ("clean + transform / DuckDB partitioned", ct / med["duckdb-part"][0], 1.0),
@@ -173,7 +177,7 @@ def report(results, lambda_checks):
         ("1x peak RSS, MiB", med["tripflow"][1], 160),
     ]
     if "10x" in results:
-        _, med10, _, _, _ = results["10x"]
+        med10, _ = medians(*results["10x"][1:])
         checks += [
             ("10x whole run / 1x whole run", med10["tripflow"][0] / med["tripflow"][0], 10.5),
             ("10x peak RSS / 1x peak RSS", med10["tripflow"][1] / med["tripflow"][1], 1.1),
