@@ -17,7 +17,7 @@ use parquet::arrow::arrow_writer::{
 };
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
 use parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter};
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
@@ -25,6 +25,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
+use crate::lake::Zone;
 use crate::storage::{ObjectInfo, ObjectSink, ObjectStore, read_verified};
 
 const MAGIC: &[u8; 4] = b"PAR1";
@@ -455,40 +456,59 @@ impl AsyncFileWriter for SinkWriter {
     }
 }
 
-/// Writer settings for the objects of our zones: their codec ([`CODEC`]), statistics for
-/// Athena's pruning, row groups small enough that a writer's buffer stays within a Lambda's memory.
+/// Writer settings for the objects of one of our zones: its codec ([`codec`]), its encodings,
+/// statistics for Athena's pruning, row groups small enough that a writer's buffer stays within a
+/// Lambda's memory.
 ///
 /// No page CRCs: parquet 60's writer cannot write them (`crc: None` in its page header, marked
 /// TODO upstream); readers verify them wherever a file has them. Our own objects are guarded
 /// instead by the CRC64-NVME each manifest records and each stage re-checks as it reads.
-pub fn writer_properties(max_row_group_rows: usize) -> WriterProperties {
+pub fn writer_properties(zone: Zone, max_row_group_rows: usize) -> WriterProperties {
     let builder = WriterProperties::builder()
-        .set_compression(CODEC)
+        .set_compression(codec(zone))
         .set_max_row_group_row_count(Some(max_row_group_rows))
         .set_created_by(format!("tripflow {}", env!("CARGO_PKG_VERSION")));
-    UNIQUE_VALUED_COLUMNS
-        .iter()
-        .fold(builder, |builder, column| {
-            builder.set_column_dictionary_enabled(ColumnPath::from(*column), false)
-        })
-        .build()
+    let builder = UNIQUE_VALUED_COLUMNS.iter().fold(builder, |builder, column| {
+        builder.set_column_dictionary_enabled(ColumnPath::from(*column), false)
+    });
+    match zone {
+        Zone::Curated => builder,
+        Zone::Clean | Zone::Quarantine => TIMESTAMP_COLUMNS.iter().fold(builder, |builder, column| {
+            builder.set_column_encoding(ColumnPath::from(*column), Encoding::DELTA_BINARY_PACKED)
+        }),
+    }
+    .build()
 }
 
-/// The codec of every zone we write, Snappy, chosen by measurement:
-/// - curated (2026-12-04, three interleaved runs of a 1.93 M-row month): transform keeps a file open
-///   per day, 31 writers of 17 columns, and every column writer of parquet's zstd codec holds a
-///   decompression context it never uses (some 75 KiB each, 39 MB of a 116 MB heap peak in
-///   heaptrack) and makes a fresh pair per row group. Against zstd level 1, transform 1.08-1.21 s
-///   to 0.90-0.96 s and its peak RSS 152-158 to 139-145 MiB (at 10x, 180 to 146 MiB live), for
-///   files 18% larger (64 to 75 MB).
-/// - clean and quarantine (2026-12-05, eight interleaved runs): the clean file is written once, by
-///   clean, and read once, by transform, so its codec costs both stages. Against zstd level 1
-///   (which had beaten level 3 in clean alone), clean + transform 1.105-1.349 s (median 1.200) to
-///   1.065-1.207 s (1.129), files 14% larger (40.6 to 46.4 MB); no codec at all, 1.095, within the
-///   noise of Snappy, for files 24% larger.
-///
-/// Snappy is what Spark writes by default: every reader of the Glue catalog has it.
-pub const CODEC: Compression = Compression::SNAPPY;
+/// Each zone's codec, chosen by measurement (the README's performance section has the account):
+/// - curated, what Athena and the load read, Snappy (2026-12-04, three interleaved runs of a
+///   1.93 M-row month): transform keeps a file open per day, 31 writers of 17 columns, and every
+///   column writer of parquet's zstd codec holds a decompression context it never uses (some
+///   75 KiB each, 39 MB of a 116 MB heap peak in heaptrack) and makes a fresh pair per row group.
+///   Against zstd level 1, transform 1.08-1.21 s to 0.90-0.96 s and its peak RSS 152-158 to
+///   139-145 MiB (at 10x, 180 to 146 MiB live), for files 18% larger (64 to 75 MB). Snappy is what
+///   Spark writes by default: every reader of the Glue catalog has it.
+/// - clean and quarantine, none (2026-12-05): the clean file is written once, by clean, and read
+///   once, by transform, so its codec costs both stages. Its row groups are large (256 K rows), so
+///   the dictionaries leave Snappy little to find: it saved 8% of the bytes (50.1 to 46.3 MB) for a
+///   tenth of clean's CPU. With the timestamps delta-packed ([`TIMESTAMP_COLUMNS`]) the file is
+///   smaller than it was with Snappy (40.2 MB). Ten interleaved rounds against Snappy over plain
+///   timestamps: clean 0.474 to 0.398 s, clean + transform 1.093 to 1.069 s (faster in 8 of 10).
+pub fn codec(zone: Zone) -> Compression {
+    match zone {
+        Zone::Curated => Compression::SNAPPY,
+        Zone::Clean | Zone::Quarantine => Compression::UNCOMPRESSED,
+    }
+}
+
+/// The timestamp columns, which clean and quarantine files hold DELTA_BINARY_PACKED: to the second,
+/// within a month, so a difference takes some 43 bits where a plain value takes 64 (15.4 to
+/// 10.4 MB each in a 1.93 M-row clean file; Snappy had found 9%). Curated files keep them plain
+/// under Snappy: parquet's delta encoder reserves a 1 MiB buffer per column up front and counts it
+/// in the writer's memory, so with transform's 31 day files open the reservations alone passed the
+/// write budget and closed row groups at half their rows (files larger); counting them out of the
+/// budget took transform's peak RSS from 121 to 156 MiB.
+const TIMESTAMP_COLUMNS: [&str; 2] = [crate::contract::col::PICKUP_AT, crate::contract::col::DROPOFF_AT];
 
 /// Columns whose values are nearly all distinct (the timestamps, to the second, and the speed): a
 /// dictionary of them is as large as the values, and building it hashes every value and holds a
@@ -508,17 +528,19 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
+    /// A file of `zone`, whose encodings it takes ([`writer_properties`]).
     pub async fn create(
         store: &dyn ObjectStore,
         key: &str,
         schema: SchemaRef,
+        zone: Zone,
         max_row_group_rows: usize,
     ) -> Result<Self> {
         let sink = store.create(key).await?;
         let writer = AsyncArrowWriter::try_new(
             SinkWriter { sink: Some(sink) },
             schema,
-            Some(writer_properties(max_row_group_rows)),
+            Some(writer_properties(zone, max_row_group_rows)),
         )
         .map_err(|e| write_error(key, e))?;
         Ok(ParquetSink {
@@ -610,16 +632,19 @@ struct EncodeLane {
 }
 
 impl ColumnParallelSink {
+    /// A file of `zone`, whose encodings it takes ([`writer_properties`]).
     pub async fn create(
         store: &dyn ObjectStore,
         key: &str,
         schema: SchemaRef,
+        zone: Zone,
         max_row_group_rows: usize,
     ) -> Result<Self> {
         // ArrowWriter sets up what a reader expects of the file (the Arrow schema in its metadata,
         // the codec and encodings per column); its lower-level parts then take the row groups.
-        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties(max_row_group_rows)))
-            .map_err(|e| write_error(key, e))?;
+        let properties = writer_properties(zone, max_row_group_rows);
+        let writer =
+            ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties)).map_err(|e| write_error(key, e))?;
         let (file, factory) = writer.into_serialized_writer().map_err(|e| write_error(key, e))?;
         let sink = store.create(key).await?;
         Ok(ColumnParallelSink {
@@ -812,7 +837,9 @@ mod tests {
             vec![Arc::new(arrow::array::Int32Array::from_iter_values(values))],
         )
         .unwrap();
-        let mut sink = ParquetSink::create(store, key, schema, 2 * BATCH_ROWS).await.unwrap();
+        let mut sink = ParquetSink::create(store, key, schema, Zone::Curated, 2 * BATCH_ROWS)
+            .await
+            .unwrap();
         sink.write(&batch).await.unwrap();
         sink.finish().await.unwrap().0
     }
@@ -820,18 +847,104 @@ mod tests {
     #[test]
     fn only_the_columns_of_repeated_values_get_a_dictionary() {
         use crate::contract::col;
-        let props = writer_properties(BATCH_ROWS);
-        let dictionary = |column: &str| props.dictionary_enabled(&ColumnPath::from(column));
-        for column in [col::PICKUP_AT, col::DROPOFF_AT, crate::handoff::curated::SPEED_MPH] {
-            assert!(!dictionary(column), "{column}");
+        for zone in Zone::PUBLISH_ORDER {
+            let props = writer_properties(zone, BATCH_ROWS);
+            let dictionary = |column: &str| props.dictionary_enabled(&ColumnPath::from(column));
+            for column in [col::PICKUP_AT, col::DROPOFF_AT, crate::handoff::curated::SPEED_MPH] {
+                assert!(!dictionary(column), "{zone:?} {column}");
+            }
+            for column in [
+                col::PU_LOCATION_ID,
+                col::TRIP_DISTANCE,
+                col::FARE_AMOUNT,
+                col::PAYMENT_TYPE,
+            ] {
+                assert!(dictionary(column), "{zone:?} {column}");
+            }
         }
-        for column in [
-            col::PU_LOCATION_ID,
-            col::TRIP_DISTANCE,
-            col::FARE_AMOUNT,
-            col::PAYMENT_TYPE,
+    }
+
+    /// Clean and quarantine files: no codec, timestamps delta-packed; curated: Snappy, timestamps
+    /// plain. Every value, nulls and timestamps out of order included, reads back as written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_zone_writes_its_codec_and_timestamp_encoding_and_reads_back_what_it_wrote() {
+        use crate::contract::{self, col};
+        use arrow::array::{ArrayRef, Float64Array, Int32Array, TimestampMicrosecondArray, new_null_array};
+        use parquet::basic::Encoding;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::storage::LocalStore::open(dir.path()).unwrap());
+        let schema = contract::canonical_schema();
+        let rows = 5_000i64;
+        // Pickups to the second in March 2021, in no order, some before the epoch's day, one null.
+        let march = 1_614_556_800_000_000i64;
+        let pickup = |i: i64| (i != 17).then(|| march + (i * 7_919 % 2_678_400) * 1_000_000);
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match f.name().as_str() {
+                    col::PICKUP_AT => Arc::new(TimestampMicrosecondArray::from_iter((0..rows).map(pickup))),
+                    col::DROPOFF_AT => Arc::new(TimestampMicrosecondArray::from_iter(
+                        (0..rows).map(|i| pickup(i).map(|p| p + (i % 3_600) * 1_000_000 - 86_400_000_000)),
+                    )),
+                    col::PU_LOCATION_ID => {
+                        Arc::new(Int32Array::from_iter_values((0..rows).map(|i| (i % 265) as i32 + 1)))
+                    }
+                    col::FARE_AMOUNT => Arc::new(Float64Array::from_iter(
+                        (0..rows).map(|i| (i % 11 != 0).then_some((i % 500) as f64 / 4.0)),
+                    )),
+                    _ => new_null_array(f.data_type(), rows as usize),
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+
+        let mut clean = ColumnParallelSink::create(store.as_ref(), "clean/z", schema.clone(), Zone::Clean, 2_000)
+            .await
+            .unwrap();
+        clean.write(&batch).await.unwrap();
+        clean.finish().await.unwrap();
+        for (zone, key) in [(Zone::Quarantine, "quarantine/z"), (Zone::Curated, "curated/z")] {
+            let mut sink = ParquetSink::create(store.as_ref(), key, schema.clone(), zone, 2_000)
+                .await
+                .unwrap();
+            sink.write(&batch).await.unwrap();
+            sink.finish().await.unwrap();
+        }
+
+        for (zone, key) in [
+            (Zone::Clean, "clean/z"),
+            (Zone::Quarantine, "quarantine/z"),
+            (Zone::Curated, "curated/z"),
         ] {
-            assert!(dictionary(column), "{column}");
+            let bytes = Bytes::from(std::fs::read(dir.path().join(key)).unwrap());
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+            for group in reader.metadata().row_groups() {
+                for chunk in group.columns() {
+                    let name = chunk.column_path().string();
+                    let codec = match zone {
+                        Zone::Curated => Compression::SNAPPY,
+                        Zone::Clean | Zone::Quarantine => Compression::UNCOMPRESSED,
+                    };
+                    assert_eq!(chunk.compression(), codec, "{zone:?} {name}");
+                    let delta = chunk.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED);
+                    let timestamp = name == col::PICKUP_AT || name == col::DROPOFF_AT;
+                    assert_eq!(delta, timestamp && zone != Zone::Curated, "{zone:?} {name}");
+                    if name == col::PU_LOCATION_ID {
+                        assert!(
+                            chunk.encodings().any(|e| e == Encoding::RLE_DICTIONARY),
+                            "{zone:?} {name}"
+                        );
+                    }
+                }
+            }
+            let read: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+            assert_eq!(
+                arrow::compute::concat_batches(&schema, &read).unwrap(),
+                batch,
+                "{zone:?}"
+            );
         }
     }
 
@@ -867,7 +980,7 @@ mod tests {
             )
             .unwrap()
         };
-        let mut sink = ColumnParallelSink::create(store.as_ref(), "clean/t", schema.clone(), 3000)
+        let mut sink = ColumnParallelSink::create(store.as_ref(), "clean/t", schema.clone(), Zone::Clean, 3000)
             .await
             .unwrap();
         for start in (0..10).map(|i| i * 1000) {
@@ -903,7 +1016,7 @@ mod tests {
                 .collect(),
         )
         .unwrap();
-        let mut sink = ColumnParallelSink::create(store.as_ref(), "clean/u", schema.clone(), 3000)
+        let mut sink = ColumnParallelSink::create(store.as_ref(), "clean/u", schema.clone(), Zone::Clean, 3000)
             .await
             .unwrap();
         let failed = async {

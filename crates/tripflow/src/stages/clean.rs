@@ -39,6 +39,7 @@ use crate::contract::{self, CanonicalBatch, col, typed_column};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
 use crate::handoff::{INGEST, IngestOutput};
+use crate::lake::Zone;
 use crate::parquet_io::{ColumnParallelSink, ParquetObject, ParquetSink, ReadAhead};
 use crate::period::Period;
 use crate::progress::{StageProgress, Unit};
@@ -275,12 +276,19 @@ async fn clean(ctx: &StageContext, input: CleanInput) -> Result<CleanOutput> {
     };
     let row_group_rows = ctx.config.row_group_rows;
     // The kept rows, nearly all of them, encode on both cores, beside the rules.
-    let mut kept_sink =
-        ColumnParallelSink::create(store.as_ref(), &clean_key, contract::canonical_schema(), row_group_rows).await?;
+    let mut kept_sink = ColumnParallelSink::create(
+        store.as_ref(),
+        &clean_key,
+        contract::canonical_schema(),
+        Zone::Clean,
+        row_group_rows,
+    )
+    .await?;
     let mut rejected_sink = ParquetSink::create(
         store.as_ref(),
         &quarantine_key,
         quarantine_schema(),
+        Zone::Quarantine,
         row_group_rows.min(QUARANTINE_ROW_GROUP_ROWS),
     )
     .await?;

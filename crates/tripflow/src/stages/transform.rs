@@ -26,6 +26,7 @@ use crate::config::LocationSwaps;
 use crate::contract::{self, col, typed_column};
 use crate::error::{Error, Result};
 use crate::handoff::manifest::{Manifest, ManifestObject};
+use crate::lake::Zone;
 use crate::parquet_io::{ParquetSink, ReadAhead, open_stream};
 use crate::progress::{StageProgress, Unit};
 use crate::storage::{InputCheck, Layout, ObjectStore};
@@ -216,7 +217,9 @@ impl DayEncoder {
             let create = |date: NaiveDate, part: u32| {
                 let (store, key) = (store.clone(), layout.curated_key(date, &run_id, part));
                 async move {
-                    let sink = ParquetSink::create(store.as_ref(), &key, curated_schema(), row_group_rows).await?;
+                    let sink =
+                        ParquetSink::create(store.as_ref(), &key, curated_schema(), Zone::Curated, row_group_rows)
+                            .await?;
                     Ok::<_, Error>(DayFile { sink, part })
                 }
             };
