@@ -493,7 +493,7 @@ pub fn writer_properties(zone: Zone, max_row_group_rows: usize) -> WriterPropert
 ///   the dictionaries leave Snappy little to find: it saved 8% of the bytes (50.1 to 46.3 MB) for a
 ///   tenth of clean's CPU. With the timestamps delta-packed ([`TIMESTAMP_COLUMNS`]) the file is
 ///   smaller than it was with Snappy (40.2 MB). Ten interleaved rounds against Snappy over plain
-///   timestamps: clean 0.474 to 0.398 s, clean + transform 1.093 to 1.069 s (faster in 8 of 10).
+///   timestamps: clean 0.490 to 0.437 s, clean + transform 1.121 to 1.046 s (faster in 8 of 10).
 pub fn codec(zone: Zone) -> Compression {
     match zone {
         Zone::Curated => Compression::SNAPPY,
@@ -512,8 +512,9 @@ const TIMESTAMP_COLUMNS: [&str; 2] = [crate::contract::col::PICKUP_AT, crate::co
 
 /// Columns whose values are nearly all distinct (the timestamps, to the second, and the speed): a
 /// dictionary of them is as large as the values, and building it hashes every value and holds a
-/// table per open file, for nothing. They are written plain and left to the zone's codec. Every
-/// other column repeats a few hundred or thousand values and keeps its dictionary.
+/// table per open file, for nothing. They are written without one (plain, or delta-packed where
+/// [`TIMESTAMP_COLUMNS`] says) and left to the zone's codec. Every other column repeats a few
+/// hundred or thousand values and keeps its dictionary.
 const UNIQUE_VALUED_COLUMNS: [&str; 3] = [
     crate::contract::col::PICKUP_AT,
     crate::contract::col::DROPOFF_AT,
