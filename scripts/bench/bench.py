@@ -161,6 +161,9 @@ def report(results, lambda_checks):
             each = " ".join(f"{x:.2f}" for x, _ in samples[name])
             print(f"  {name:<14} {s:>8.2f} {rss:>13.0f}   {each}")
         print("  tripflow stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in st.items()))
+        # A slow run shows which stage it lost its time in (the first 10x run has been some 6 s slower).
+        print("  tripflow stages, each run (" + "/".join(stages[0]) + "): "
+              + "  ".join("/".join(f"{v:.2f}" for v in s.values()) for s in stages))
         # The VM's speed drifts within a bench; a round's contenders run one after the other (within
         # seconds at 1x), so each round's own ratio shows how much of the medians' ratio is the machine.
         paired = [(s["clean"] + s["transform"]) / d for s, (d, _) in zip(stages, samples["duckdb-part"])]
