@@ -877,7 +877,8 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(crate::storage::LocalStore::open(dir.path()).unwrap());
         let schema = contract::canonical_schema();
         let rows = 5_000i64;
-        // Pickups to the second in March 2021, in no order, some before the epoch's day, one null.
+        // Pickups to the second in March 2021, in no order, one null; dropoffs a day earlier plus up to
+        // an hour, so the delta-packed differences run both ways and past the month's start.
         let march = 1_614_556_800_000_000i64;
         let pickup = |i: i64| (i != 17).then(|| march + (i * 7_919 % 2_678_400) * 1_000_000);
         let columns: Vec<ArrayRef> = schema
